@@ -1,0 +1,43 @@
+# ironwatch: two commands for a newcomer, `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck test-system-deps clean
+
+install: $(STAMP)
+
+# Reinstall only when the project metadata changed; the package itself is installed editable.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/ironwatch demo --data-dir demo-data
+
+# Mosquitto is needed by the MQTT tests; install it when missing and we are root.
+test-system-deps:
+	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; \
+	  else \
+	    echo "mosquitto is missing: run 'sudo apt-get install mosquitto'" >&2; exit 1; \
+	  fi; \
+	fi
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install test-system-deps lint typecheck
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache
