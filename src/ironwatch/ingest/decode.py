@@ -1,0 +1,239 @@
+"""Decoding of a batch envelope (row or columnar form) into Arrow columns.
+
+The fast path hands orjson's lists straight to Arrow's converter; there is no Python loop per
+reading. Only when that fails (wrong types, mixed timestamp forms, NaN literals) does a slow path
+walk the readings one by one, to name exactly which reading and field is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import zlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from ironwatch.errors import BodyTooLarge, InvalidInput, MalformedBody
+from ironwatch.model import check_id
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_FIELDS = ("ts", "sensor", "metric", "value")
+_STR_TS = pa.struct([("ts", pa.string()), ("sensor", pa.string()), ("metric", pa.string()), ("value", pa.float64())])
+_INT_TS = pa.struct([("ts", pa.int64()), ("sensor", pa.string()), ("metric", pa.string()), ("value", pa.float64())])
+
+
+@dataclasses.dataclass
+class Decoded:
+    """A decoded envelope. ``problem`` holds, per reading, why it cannot be stored (null if fine).
+
+    ``ts`` is either a string column (RFC 3339, parsed during validation), an int64 column (epoch
+    milliseconds) or a timestamp column (already parsed by the slow path).
+    """
+
+    gateway: str
+    site: str
+    batch: int
+    sent_at: Any
+    ts: pa.Array
+    sensor: pa.Array
+    metric: pa.Array
+    value: pa.Array
+    problem: pa.Array | None = None
+    problem_field: pa.Array | None = None
+    raw: list[str | None] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.value)
+
+
+def gunzip(body: bytes, limit_bytes: int) -> bytes:
+    """Decompress a gzip body, refusing to inflate past ``limit_bytes`` (no zip bombs)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit_bytes + 1)
+        if len(out) > limit_bytes or inflater.unconsumed_tail:
+            raise BodyTooLarge(limit_bytes)
+        if not inflater.eof:
+            raise MalformedBody("body", "gzip stream is truncated")
+    except zlib.error as exc:
+        raise MalformedBody("body", f"not valid gzip: {exc}") from exc
+    return out
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse JSON; NaN and Infinity literals (as Python's json writes them) are accepted."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as fast_error:
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise MalformedBody("body", f"not valid JSON: {fast_error}") from None
+
+
+def decode(body: bytes, *, max_readings: int) -> Decoded:
+    """Decode an envelope; raise :class:`InvalidInput` for anything that makes the whole batch unusable."""
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        raise InvalidInput("body", f"expected a JSON object, got {_kind(doc)}")
+    gateway = check_id("gateway", doc.get("gateway"))
+    site = check_id("site", doc.get("site"))
+    batch = doc.get("batch")
+    if batch is None:
+        raise InvalidInput("batch", "missing")
+    if not isinstance(batch, int) or isinstance(batch, bool):
+        raise InvalidInput("batch", f"expected an integer, got {_kind(batch)}")
+    if not 0 <= batch < 2**63:
+        raise InvalidInput("batch", "must be between 0 and 2^63-1")
+    sent_at = doc.get("sent_at")
+    rows, columns = doc.get("readings"), doc.get("columns")
+    if (rows is None) == (columns is None):
+        raise InvalidInput("readings", "give exactly one of 'readings' (rows) or 'columns'")
+    head = dict(gateway=gateway, site=site, batch=batch, sent_at=sent_at)
+    if rows is not None:
+        if not isinstance(rows, list):
+            raise InvalidInput("readings", f"expected a list, got {_kind(rows)}")
+        if len(rows) > max_readings:
+            raise InvalidInput("readings", f"{len(rows)} readings in one batch; the limit is {max_readings}")
+        has_bool = b"true" in body or b"false" in body
+        return _rows_slow(rows, head) if has_bool else _rows_fast(rows, head)
+    if not isinstance(columns, dict):
+        raise InvalidInput("columns", f"expected an object of lists, got {_kind(columns)}")
+    lengths = {}
+    for name in _FIELDS:
+        col = columns.get(name)
+        if not isinstance(col, list):
+            raise InvalidInput(f"columns.{name}", "missing" if col is None else f"expected a list, got {_kind(col)}")
+        lengths[name] = len(col)
+    if len(set(lengths.values())) != 1:
+        raise InvalidInput("columns", f"columns differ in length: {lengths}")
+    if lengths["ts"] > max_readings:
+        raise InvalidInput("columns", f"{lengths['ts']} readings in one batch; the limit is {max_readings}")
+    return _columns(columns, head, body)
+
+
+def _rows_fast(rows: list[Any], head: dict[str, Any]) -> Decoded:
+    for struct in (_STR_TS, _INT_TS):
+        try:
+            arr = pa.array(rows, type=struct)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            continue
+        if arr.null_count or any(arr.field(i).null_count for i in range(4)):
+            break  # a reading that is null or misses a field: let the slow path name it
+        return Decoded(**head, ts=arr.field(0), sensor=arr.field(1), metric=arr.field(2), value=arr.field(3))
+    return _rows_slow(rows, head)
+
+
+def _columns(columns: dict[str, Any], head: dict[str, Any], body: bytes) -> Decoded:
+    has_bool = b"true" in body or b"false" in body
+    if not has_bool:
+        try:
+            ts_list = columns["ts"]
+            ts_type = pa.int64() if ts_list and isinstance(ts_list[0], int) else pa.string()
+            arrays = [
+                pa.array(ts_list, type=ts_type),
+                pa.array(columns["sensor"], type=pa.string()),
+                pa.array(columns["metric"], type=pa.string()),
+                pa.array(columns["value"], type=pa.float64()),
+            ]
+            if not any(a.null_count for a in arrays):
+                return Decoded(**head, ts=arrays[0], sensor=arrays[1], metric=arrays[2], value=arrays[3])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            pass
+    rows = [
+        dict(zip(_FIELDS, values, strict=True))
+        for values in zip(*(columns[f] for f in _FIELDS), strict=True)
+    ]
+    return _rows_slow(rows, head)
+
+
+def _rows_slow(rows: list[Any], head: dict[str, Any]) -> Decoded:
+    """Walk readings one by one; only reached by input that the fast path refused."""
+    n = len(rows)
+    ts: list[int | None] = [None] * n
+    sensor: list[str | None] = [None] * n
+    metric: list[str | None] = [None] * n
+    value: list[float | None] = [None] * n
+    problem: list[str | None] = [None] * n
+    field: list[str | None] = [None] * n
+    raw: list[str | None] = [None] * n
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            problem[i], field[i], raw[i] = f"expected an object, got {_kind(row)}", "", _dump(row)
+            continue
+        try:
+            ts[i] = _ts_us(row.get("ts"))
+            for name, out in (("sensor", sensor), ("metric", metric)):
+                item = row.get(name)
+                if item is None:
+                    raise _Bad(name, "missing")
+                if not isinstance(item, str):
+                    raise _Bad(name, f"expected a string, got {_kind(item)}")
+                out[i] = item
+            item = row.get("value")
+            if item is None:
+                raise _Bad("value", "missing")
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                raise _Bad("value", f"expected a number, got {_kind(item)}")
+            value[i] = float(item)
+        except _Bad as bad:
+            problem[i], field[i], raw[i] = bad.reason, bad.field, _dump(row)
+        except OverflowError:
+            problem[i], field[i], raw[i] = "number out of range", "value", _dump(row)
+    return Decoded(
+        **head,
+        ts=pa.array(ts, type=pa.timestamp("us", tz="UTC")),
+        sensor=pa.array(sensor, type=pa.string()),
+        metric=pa.array(metric, type=pa.string()),
+        value=pa.array(value, type=pa.float64()),
+        problem=pa.array(problem, type=pa.string()),
+        problem_field=pa.array(field, type=pa.string()),
+        raw=raw,
+    )
+
+
+class _Bad(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        self.field, self.reason = field, reason
+
+
+def _ts_us(item: Any) -> int:
+    if item is None:
+        raise _Bad("ts", "missing")
+    if isinstance(item, bool):
+        raise _Bad("ts", "expected RFC 3339 text or epoch milliseconds, got a boolean")
+    if isinstance(item, int):
+        if abs(item) > 10**15:
+            raise _Bad("ts", f"{item} is out of range for epoch milliseconds")
+        return item * 1000
+    if isinstance(item, str):
+        try:
+            moment = datetime.fromisoformat(item)
+        except ValueError:
+            raise _Bad("ts", f"{item[:64]!r} is not an RFC 3339 timestamp") from None
+        if moment.tzinfo is None:
+            raise _Bad("ts", f"{item[:64]!r} has no UTC offset")
+        return (moment - _EPOCH) // _MICROSECOND
+    if isinstance(item, float) and math.isfinite(item) and item.is_integer():
+        return int(item) * 1000
+    raise _Bad("ts", f"expected RFC 3339 text or epoch milliseconds, got {_kind(item)}")
+
+
+def _kind(item: Any) -> str:
+    if item is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number"}.get(type(item), type(item).__name__)
+
+
+def _dump(item: Any) -> str:
+    try:
+        return orjson.dumps(item).decode()
+    except TypeError:
+        return json.dumps(item, default=str)

@@ -1,0 +1,204 @@
+"""The flusher: turns closed log segments into Parquet files in each tenant's root.
+
+A segment is deleted only after its files are written and the checkpoint that follows them is on
+disk. File names derive from the segment (``{writer}-{seq}``), so flushing a segment again after a
+crash finds its files already there and writes only what is missing: every reading lands once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ironwatch import lake
+from ironwatch.errors import IronwatchError
+from ironwatch.ingest import record as records
+from ironwatch.ingest.ledger import Ledger
+from ironwatch.ingest.wal import Segment, read_records
+from ironwatch.model import TS_TYPE
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.json"
+
+
+def load_checkpoint(state_dir: Path) -> dict[str, Any]:
+    """The last checkpoint: ``{"flushed_seq": n, "ledger": {...}}`` (empty on a new data dir)."""
+    path = state_dir / CHECKPOINT
+    if not path.exists():
+        return {"flushed_seq": -1, "ledger": {}}
+    return dict(orjson.loads(path.read_bytes()))
+
+
+def _write_checkpoint(state_dir: Path, content: dict[str, Any]) -> None:
+    path = state_dir / CHECKPOINT
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(orjson.dumps(content))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def readings_table(recs: list[records.Record]) -> pa.Table:
+    """Good readings of several records as one table with site, gateway, batch and received_at."""
+    recs = [r for r in recs if r.good.num_rows]
+    if not recs:
+        return pa.table({"ts": pa.array([], TS_TYPE)})
+    counts = np.array([r.good.num_rows for r in recs])
+    owner = pa.array(np.repeat(np.arange(len(recs)), counts))
+    table = pa.concat_tables([r.good for r in recs])
+
+    def spread(values: list[Any], typ: pa.DataType) -> pa.Array:
+        return pc.take(pa.array(values, type=typ), owner)
+
+    return pa.table(
+        {
+            "site": spread([r.site for r in recs], pa.string()),
+            "ts": table["ts"].cast(TS_TYPE),
+            "sensor": table["sensor"],
+            "metric": table["metric"],
+            "value": table["value"],
+            "gateway": spread([r.gateway for r in recs], pa.string()),
+            "batch": spread([r.batch for r in recs], pa.int64()),
+            "received_at": spread([r.received_at_us for r in recs], pa.int64()).cast(TS_TYPE),
+        }
+    )
+
+
+class Flusher:
+    """A background thread that flushes segments in order, retrying storage errors with backoff."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        writer_id: str,
+        root_of: Callable[[str], lake.Root],
+        ledger: Ledger,
+        discover: Callable[[str, str, list[str], str | None], None],
+        on_written: Callable[[int, int], None] = lambda files, size: None,
+        compression_level: int = 3,
+    ) -> None:
+        self.state_dir = state_dir
+        self.writer_id = writer_id
+        self._root_of = root_of
+        self._ledger = ledger
+        self._discover = discover
+        self._on_written = on_written
+        self._compression_level = compression_level
+        self._queue: queue.Queue[Segment | None] = queue.Queue()
+        self._pending_bytes = 0
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_queue = 0
+        self._thread = threading.Thread(target=self._run, name="lake-flusher", daemon=True)
+        self.last_error: str | None = None
+
+    @property
+    def pending_segments(self) -> int:
+        return self._in_queue
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, segment: Segment) -> None:
+        """Queue a closed segment for flushing (called by the log writer)."""
+        with self._lock:
+            self._in_queue += 1
+            self._pending_bytes += segment.size_bytes
+        self._queue.put(segment)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until every queued segment is flushed; ``False`` on time-out."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            while self._in_queue:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def stop(self) -> None:
+        """Flush what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            segment = self._queue.get()
+            if segment is None:
+                return
+            delay_s = 0.5
+            while True:
+                try:
+                    self.flush(segment)
+                    self.last_error = None
+                    break
+                except (IronwatchError, OSError, pa.ArrowException) as exc:
+                    self.last_error = f"flushing segment {segment.seq}: {exc}"
+                    log.error("flusher: %s; retrying in %.1f s", self.last_error, delay_s)
+                    time.sleep(delay_s)
+                    delay_s = min(delay_s * 2, 30.0)
+            with self._idle:
+                self._in_queue -= 1
+                self._pending_bytes -= segment.size_bytes
+                self._idle.notify_all()
+
+    def flush(self, segment: Segment) -> None:
+        """Write one segment to the lake, checkpoint, then delete it."""
+        by_tenant: dict[str, list[records.Record]] = {}
+        for payload in read_records(segment.path):
+            rec = records.decode(payload)
+            by_tenant.setdefault(rec.tenant, []).append(rec)
+        name = f"{self.writer_id}-{segment.seq:012d}"
+        files = size = 0
+        for tenant, recs in by_tenant.items():
+            root = self._root_of(tenant)
+            table = readings_table(recs)
+            if table.num_rows:
+                written = lake.write_readings(root, table, name, compression_level=self._compression_level)
+                files += len(written)
+                self._discover_sensors(tenant, table)
+            bad = [r.quarantine for r in recs if r.quarantine.num_rows]
+            if bad:
+                files += len(lake.write_quarantine(root, pa.concat_tables(bad), name))
+        size = segment.size_bytes
+        _write_checkpoint(self.state_dir, {"flushed_seq": segment.seq, "ledger": self._ledger.snapshot()})
+        segment.path.unlink(missing_ok=True)
+        self._on_written(files, size)
+
+    def _discover_sensors(self, tenant: str, table: pa.Table) -> None:
+        pairs = table.select(["site", "sensor", "gateway"]).group_by(["site", "sensor"]).aggregate(
+            [("gateway", "min")]
+        )
+        by_site: dict[str, list[str]] = {}
+        gateways: dict[str, str | None] = {}
+        for site, sensor, gateway in zip(
+            pairs["site"].to_pylist(), pairs["sensor"].to_pylist(), pairs["gateway_min"].to_pylist(), strict=True
+        ):
+            by_site.setdefault(site, []).append(sensor)
+            gateways.setdefault(site, gateway)
+        for site, sensors in by_site.items():
+            self._discover(tenant, site, sensors, gateways[site])

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the ingest pipeline, in a registry owned by one server (no global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Counters and gauges served at ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.readings_accepted = Counter(
+            "ironwatch_readings_accepted", "Readings stored", ["transport"], registry=r
+        )
+        self.readings_rejected = Counter(
+            "ironwatch_readings_rejected", "Readings sent to quarantine", ["transport"], registry=r
+        )
+        self.readings_duplicate = Counter(
+            "ironwatch_readings_duplicate", "Batches answered as duplicates", ["transport"], registry=r
+        )
+        self.batches = Counter(
+            "ironwatch_batches", "Batches by outcome (stored, duplicate, invalid)", ["transport", "outcome"], registry=r
+        )
+        self.messages_quarantined = Counter(
+            "ironwatch_messages_quarantined", "Whole messages that could not be decoded", ["transport"], registry=r
+        )
+        self.lake_bytes_flushed = Counter(
+            "ironwatch_lake_log_bytes_flushed", "Bytes of log segments turned into Parquet", registry=r
+        )
+        self.lake_files_written = Counter("ironwatch_lake_files_written", "Parquet files written", registry=r)
+        self.ack_seconds = Histogram(
+            "ironwatch_ingest_ack_seconds",
+            "Time from receiving a batch to acknowledging it durable",
+            ["transport"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.queue_depth_bytes = Gauge(
+            "ironwatch_ingest_queue_depth_bytes", "Bytes waiting for the disk or for the lake", registry=r
+        )
+        self.segments_pending = Gauge(
+            "ironwatch_lake_segments_pending", "Log segments not yet written to the lake", registry=r
+        )
+
+    def watch_queue(self, depth_bytes: Callable[[], float], segments: Callable[[], float]) -> None:
+        """Read the queue gauges from live callables at scrape time."""
+        self.queue_depth_bytes.set_function(depth_bytes)
+        self.segments_pending.set_function(segments)

@@ -1,0 +1,326 @@
+"""The ingest pipeline every front door shares: authorise, validate, deduplicate, make durable, answer.
+
+``Pipeline.ingest`` (asyncio, for HTTP) and ``Pipeline.ingest_blocking`` (threads, for MQTT) run the
+same steps. A batch is acknowledged only after its record is in the write-ahead log and fsynced;
+the flusher writes it to the lake later, and recovery after a crash replays what was not flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from ironwatch import lake
+from ironwatch.config import Settings
+from ironwatch.errors import Conflict, Forbidden, IronwatchError, Unavailable
+from ironwatch.ingest import record as records
+from ironwatch.ingest.decode import decode
+from ironwatch.ingest.flusher import Flusher, load_checkpoint
+from ironwatch.ingest.ledger import Key, Ledger
+from ironwatch.ingest.metrics import Metrics
+from ironwatch.ingest.validate import WAL_SCHEMA, Checked, check, whole_message
+from ironwatch.ingest.wal import Log, Segment, frame, read_records, segment_seq
+from ironwatch.model import Principal, Role, utc_now_us
+from ironwatch.store import Store
+
+log = logging.getLogger(__name__)
+
+INGEST_ROLES = frozenset({Role.GATEWAY, Role.ADMIN})
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """The answer to one batch."""
+
+    accepted: int
+    rejected: int
+    duplicate: bool
+    errors: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class _Admitted:
+    key: Key
+    checked: Checked
+    payload: bytes
+    started: float
+
+
+class Pipeline:
+    """Owns the write-ahead log, the batch ledger and the flusher of one server."""
+
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.state_dir: Path = settings.data_dir / "wal"
+        self.ledger = Ledger()
+        self._roots: dict[str, lake.Root] = {}
+        self._gateways: dict[tuple[str, str], str] = {}
+        self._known_sensors: dict[tuple[str, str], set[str]] = {}
+        self._lock = threading.Lock()
+        self._log: Log | None = None
+        self._flusher: Flusher | None = None
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # life cycle --------------------------------------------------------------------------------
+    @property
+    def writer_id(self) -> str:
+        """A name unique to this data directory, so several writers never pick the same file name."""
+        path = self.state_dir / "writer-id"
+        if not path.exists():
+            path.write_text(f"w{secrets.token_hex(4)}\n")
+        return path.read_text().strip()
+
+    def start(self) -> None:
+        """Recover what the log holds, then open it for new batches."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = load_checkpoint(self.state_dir)
+        self.ledger.load(checkpoint["ledger"])
+        self._flusher = Flusher(
+            state_dir=self.state_dir,
+            writer_id=self.writer_id,
+            root_of=self.root_of,
+            ledger=self.ledger,
+            discover=self._discover,
+            on_written=self._on_written,
+            compression_level=self.settings.lake.compression_level,
+        )
+        last_seq = int(checkpoint["flushed_seq"])
+        recovered = 0
+        for path in sorted(self.state_dir.glob("*.wal"), key=segment_seq):
+            seq = segment_seq(path)
+            last_seq = max(last_seq, seq)
+            if seq <= checkpoint["flushed_seq"]:
+                path.unlink()  # flushed before the crash; only the deletion was lost
+                continue
+            for payload in read_records(path):
+                rec = records.decode(payload)
+                if rec.batch is not None and rec.gateway is not None:
+                    self.ledger.mark((rec.tenant, rec.gateway, rec.batch))
+                recovered += 1
+            self._flusher.submit(Segment(seq, path, path.stat().st_size))
+        if recovered:
+            log.warning("recovered %d batches from the write-ahead log", recovered)
+        self._flusher.start()
+        self._log = Log(
+            self.state_dir,
+            segment_max_bytes=self.settings.lake.segment_max_bytes,
+            on_closed=self._flusher.submit,
+            first_seq=last_seq + 1,
+        )
+        self.metrics.watch_queue(
+            lambda: (self._log.pending_bytes if self._log else 0) + (self._flusher.pending_bytes if self._flusher else 0),
+            lambda: self._flusher.pending_segments if self._flusher else 0,
+        )
+        self._ticker = threading.Thread(target=self._tick, name="wal-ticker", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        interval = float(self.settings.lake.flush_interval_s)
+        while not self._stop.wait(min(interval, 1.0) / 2):
+            log_ = self._log
+            if log_ is not None and log_.current_size > 0 and log_.current_age_s >= interval:
+                log_.rotate()
+
+    def stop(self) -> None:
+        """Stop accepting, write the last segment to the lake and close."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        if self._log is not None:
+            self._log.close()
+        if self._flusher is not None:
+            self._flusher.stop()
+
+    def flush(self, timeout_s: float = 60.0) -> bool:
+        """Make everything acknowledged so far visible in the lake (used by tests and benchmarks)."""
+        if self._log is None or self._flusher is None:
+            return True
+        self._log.rotate()
+        deadline = time.monotonic() + timeout_s
+        while self._log.current_size > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self._flusher.wait_idle(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def is_ready(self) -> bool:
+        return self._log is not None and not self._stop.is_set()
+
+    @property
+    def flush_error(self) -> str | None:
+        return self._flusher.last_error if self._flusher else None
+
+    # lookups -----------------------------------------------------------------------------------
+    def root_of(self, tenant: str) -> lake.Root:
+        """The storage root of a tenant (opened once)."""
+        with self._lock:
+            root = self._roots.get(tenant)
+        if root is None:
+            root = lake.open_root(self.store.tenant(tenant).root_url)
+            with self._lock:
+                self._roots[tenant] = root
+        return root
+
+    def _check_gateway(self, tenant: str, gateway: str, site: str, *, may_register: bool) -> None:
+        known = self._gateways.get((tenant, gateway))
+        if known is None:
+            found = self.store.gateway(tenant, gateway)
+            if found is None:
+                if not may_register:
+                    raise Forbidden(
+                        f"gateway {gateway} is not registered in tenant {tenant}; "
+                        f"register it with 'ironwatch gateways add' or send one batch over HTTP",
+                        {"gateway": gateway},
+                    )
+                found = self.store.add_gateway(tenant, gateway, site, registered_by="first-contact")
+            known = found.site
+            self._gateways[(tenant, gateway)] = known
+        if known != site:
+            raise Conflict(
+                f"gateway {gateway} is registered to site {known}, not {site}",
+                {"field": "site", "gateway": gateway, "registered_site": known},
+            )
+
+    def _discover(self, tenant: str, site: str, sensors: list[str], gateway: str | None) -> None:
+        known = self._known_sensors.setdefault((tenant, site), set())
+        new = [s for s in sensors if s not in known]
+        if new:
+            self.store.discover_sensors(tenant, site, new, gateway)
+            known.update(new)
+
+    def _on_written(self, files: int, size_bytes: int) -> None:
+        self.metrics.lake_files_written.inc(files)
+        self.metrics.lake_bytes_flushed.inc(size_bytes)
+
+    # the pipeline ------------------------------------------------------------------------------
+    def _admit(self, principal: Principal, body: bytes, transport: str, *, may_register: bool) -> _Admitted:
+        started = time.perf_counter()
+        if principal.role not in INGEST_ROLES:
+            raise Forbidden(f"a {principal.role.value} key may not send readings")
+        ingest = self.settings.ingest
+        try:
+            decoded = decode(body, max_readings=int(ingest.max_readings))
+        except IronwatchError:
+            self.metrics.batches.labels(transport, "invalid").inc()
+            raise
+        if not principal.may_write_site(decoded.site):
+            raise Forbidden(f"this key may not write site {decoded.site}", {"field": "site"})
+        if not principal.may_use_gateway(decoded.gateway):
+            raise Forbidden(f"this key may not send for gateway {decoded.gateway}", {"field": "gateway"})
+        self._check_gateway(principal.tenant, decoded.gateway, decoded.site, may_register=may_register)
+        now = utc_now_us()
+        checked = check(
+            decoded,
+            now_us=now,
+            max_future_s=float(ingest.max_future_s),
+            max_errors=int(ingest.max_errors),
+            received_at_us=now,
+            transport=transport,
+        )
+        rec = records.Record(
+            principal.tenant, transport, now, decoded.gateway, decoded.site, decoded.batch,
+            checked.good, checked.quarantine,
+        )
+        return _Admitted((principal.tenant, decoded.gateway, decoded.batch), checked, records.encode(rec), started)
+
+    def _append(self, admitted: _Admitted) -> Future[None]:
+        if self._log is None or self._stop.is_set():
+            raise Unavailable("the server is not accepting readings right now")
+        return self._log.append(frame(admitted.payload))
+
+    def _done(self, admitted: _Admitted, transport: str) -> Outcome:
+        checked = admitted.checked
+        self.metrics.readings_accepted.labels(transport).inc(checked.accepted)
+        if checked.rejected:
+            self.metrics.readings_rejected.labels(transport).inc(checked.rejected)
+        self.metrics.batches.labels(transport, "stored").inc()
+        self.metrics.ack_seconds.labels(transport).observe(time.perf_counter() - admitted.started)
+        return Outcome(checked.accepted, checked.rejected, False, checked.errors)
+
+    def _duplicate(self, transport: str) -> Outcome:
+        self.metrics.readings_duplicate.labels(transport).inc()
+        self.metrics.batches.labels(transport, "duplicate").inc()
+        return Outcome(0, 0, True, [])
+
+    async def ingest(self, principal: Principal, body: bytes, transport: str = "http") -> Outcome:
+        """Store one batch envelope for ``principal``'s tenant; answer once it is durable."""
+        admitted = self._admit(principal, body, transport, may_register=True)
+        state, pending = self.ledger.reserve(admitted.key)
+        if state == "duplicate":
+            return self._duplicate(transport)
+        if state == "in_flight":
+            assert pending is not None
+            await asyncio.wrap_future(pending)
+            return self._duplicate(transport)
+        try:
+            await asyncio.wrap_future(self._append(admitted))
+        except BaseException as exc:
+            self.ledger.release(admitted.key, exc)
+            raise
+        self.ledger.commit(admitted.key)
+        return self._done(admitted, transport)
+
+    def ingest_blocking(
+        self, principal: Principal, body: bytes, transport: str, *, may_register: bool = False
+    ) -> Future[Outcome]:
+        """Like :meth:`ingest` for threads: returns a future that completes once the batch is durable."""
+        admitted = self._admit(principal, body, transport, may_register=may_register)
+        result: Future[Outcome] = Future()
+        state, pending = self.ledger.reserve(admitted.key)
+        if state == "duplicate":
+            result.set_result(self._duplicate(transport))
+            return result
+        if state == "in_flight":
+            assert pending is not None
+            pending.add_done_callback(
+                lambda f: result.set_exception(f.exception())  # type: ignore[arg-type]
+                if f.exception()
+                else result.set_result(self._duplicate(transport))
+            )
+            return result
+        try:
+            written = self._append(admitted)
+        except BaseException as exc:
+            self.ledger.release(admitted.key, exc)
+            raise
+
+        def finish(f: Future[None]) -> None:
+            error = f.exception()
+            if error is not None:
+                self.ledger.release(admitted.key, error)
+                result.set_exception(error)
+                return
+            self.ledger.commit(admitted.key)
+            result.set_result(self._done(admitted, transport))
+
+        written.add_done_callback(finish)
+        return result
+
+    def heartbeat(self, tenant: str, beat: dict[str, Any], *, may_register: bool = True) -> None:
+        """Keep a checked heartbeat as the gateway's latest state."""
+        self._check_gateway(tenant, beat["gateway"], beat["site"], may_register=may_register)
+        self.store.record_heartbeat(tenant, beat["gateway"], beat)
+
+    def quarantine_message(
+        self, tenant: str, payload: bytes, reason: str, transport: str, topic: str | None = None
+    ) -> Future[None]:
+        """Keep a message that could not be decoded, with the reason; durable once the future completes."""
+        now = utc_now_us()
+        table = whole_message(payload, reason, received_at_us=now, transport=transport, topic=topic)
+        rec = records.Record(tenant, transport, now, None, None, None, WAL_SCHEMA.empty_table(), table)
+        self.metrics.messages_quarantined.labels(transport).inc()
+        if self._log is None:
+            raise Unavailable("the server is not accepting readings right now")
+        return self._log.append(frame(records.encode(rec)))

@@ -1,0 +1,173 @@
+"""Vectorised checks of decoded readings: which are stored, which go to quarantine and why."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ironwatch.ingest.decode import _EPOCH, _MICROSECOND, Decoded
+from ironwatch.model import EARLIEST_TS_US, ID_PATTERN, QUARANTINE_SCHEMA, TS_TYPE
+
+#: Columns of good readings as they travel through the write-ahead log.
+WAL_SCHEMA = pa.schema(
+    [("ts", pa.int64()), ("sensor", pa.string()), ("metric", pa.string()), ("value", pa.float64())]
+)
+_OFFSET = r"([Zz]|[+-]\d\d:?\d\d)$"
+
+
+@dataclasses.dataclass
+class Checked:
+    """The outcome of validation: good readings, quarantined rows and the errors to report."""
+
+    good: pa.Table
+    quarantine: pa.Table
+    errors: list[dict[str, Any]]
+
+    @property
+    def accepted(self) -> int:
+        return self.good.num_rows
+
+    @property
+    def rejected(self) -> int:
+        return self.quarantine.num_rows
+
+
+def _ts_from_strings(ts: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Parse RFC 3339 strings to epoch microseconds; returns (ts_us, has_offset)."""
+    has_offset = pc.match_substring_regex(ts, _OFFSET)
+    try:
+        return pc.cast(ts, TS_TYPE).cast(pa.int64()), has_offset
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    # Some strings do not parse: find which, one by one (only bad input gets here).
+    out: list[int | None] = []
+    for text in ts.to_pylist():
+        try:
+            moment = datetime.fromisoformat(text)
+            out.append(None if moment.tzinfo is None else (moment - _EPOCH) // _MICROSECOND)
+        except (TypeError, ValueError):
+            out.append(None)
+    return pa.array(out, type=pa.int64()), has_offset
+
+
+def _valid_ids(names: pa.Array) -> pa.Array:
+    encoded = pc.dictionary_encode(names)
+    ok = pc.match_substring_regex(encoded.dictionary, ID_PATTERN)
+    return pc.take(ok, encoded.indices)
+
+
+def check(
+    decoded: Decoded,
+    *,
+    now_us: int,
+    max_future_s: float,
+    max_errors: int,
+    received_at_us: int,
+    transport: str,
+) -> Checked:
+    """Split readings into good ones and quarantined ones, each with a reason naming the field."""
+    n = decoded.count
+    reason = decoded.problem if decoded.problem is not None else pa.nulls(n, pa.string())
+    field = decoded.problem_field if decoded.problem_field is not None else pa.nulls(n, pa.string())
+
+    def flag(cond: pa.Array, name: str, why: str) -> None:
+        nonlocal reason, field
+        hit = pc.and_kleene(pc.is_null(reason), pc.fill_null(cond, False))
+        reason = pc.if_else(hit, pa.scalar(why), reason)
+        field = pc.if_else(hit, pa.scalar(name), field)
+
+    ts = decoded.ts
+    if pa.types.is_string(ts.type):
+        ts_us, has_offset = _ts_from_strings(ts)
+        flag(pc.invert(has_offset), "ts", "not an RFC 3339 timestamp with a UTC offset")
+        flag(pc.is_null(ts_us), "ts", "not an RFC 3339 timestamp")
+    elif pa.types.is_integer(ts.type):
+        in_range = pc.less_equal(pc.abs(ts), 10**15)
+        flag(pc.invert(in_range), "ts", "out of range for epoch milliseconds")
+        ts_us = pc.multiply(pc.if_else(in_range, ts, 0), 1000)
+    else:
+        ts_us = ts.cast(pa.int64())
+    flag(pc.less(ts_us, EARLIEST_TS_US), "ts", "before 2000-01-01 (epoch seconds sent as milliseconds?)")
+    limit_us = now_us + int(max_future_s * 1_000_000)
+    flag(pc.greater(ts_us, limit_us), "ts", f"more than {max_future_s:g} s in the future")
+    flag(pc.invert(_valid_ids(decoded.sensor)), "sensor", f"does not match {ID_PATTERN}")
+    flag(pc.invert(_valid_ids(decoded.metric)), "metric", f"does not match {ID_PATTERN}")
+    flag(pc.is_nan(decoded.value), "value", "NaN is not a reading")
+    flag(pc.is_inf(decoded.value), "value", "infinite is not a reading")
+
+    good_mask = pc.is_null(reason)
+    table = pa.table([ts_us, decoded.sensor, decoded.metric, decoded.value], schema=WAL_SCHEMA)
+    if reason.null_count == n:
+        return Checked(table, QUARANTINE_SCHEMA.empty_table(), [])
+    bad_mask = pc.invert(good_mask)
+    bad_idx = pc.indices_nonzero(bad_mask).cast(pa.int64())
+    bad_reason, bad_field = pc.take(reason, bad_idx), pc.take(field, bad_idx)
+    raw = pa.array(decoded.raw, type=pa.string()) if decoded.raw is not None else pa.nulls(n, pa.string())
+    nb = len(bad_idx)
+
+    def const(value: Any, typ: pa.DataType) -> pa.Array:
+        return pa.array([value] * nb, type=typ) if nb else pa.array([], type=typ)
+
+    quarantine = pa.table(
+        {
+            "received_at": pa.array([received_at_us] * nb, type=pa.int64()).cast(TS_TYPE),
+            "transport": const(transport, pa.string()),
+            "gateway": const(decoded.gateway, pa.string()),
+            "site": const(decoded.site, pa.string()),
+            "batch": const(decoded.batch, pa.int64()),
+            "index": bad_idx,
+            "field": bad_field,
+            "reason": bad_reason,
+            "ts": pc.take(decoded.ts, bad_idx).cast(pa.string()),
+            "sensor": pc.take(decoded.sensor, bad_idx),
+            "metric": pc.take(decoded.metric, bad_idx),
+            "value": pc.take(decoded.value, bad_idx),
+            "raw": pc.take(raw, bad_idx),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+    shown = min(nb, max_errors)
+    errors = [
+        {"index": i, "field": f, "reason": r}
+        for i, f, r in zip(
+            bad_idx[:shown].to_pylist(), bad_field[:shown].to_pylist(), bad_reason[:shown].to_pylist(), strict=True
+        )
+    ]
+    return Checked(table.filter(good_mask), quarantine, errors)
+
+
+def whole_message(
+    payload: bytes, reason: str, *, received_at_us: int, transport: str, topic: str | None = None
+) -> pa.Table:
+    """A quarantine row for a message that could not be decoded at all (MQTT has no one to answer)."""
+    try:
+        raw = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raw = payload.decode("latin-1")
+    gateway = site = None
+    if topic:
+        parts = topic.split("/")
+        if len(parts) == 5:
+            site, gateway = parts[2], parts[3]
+    return pa.table(
+        {
+            "received_at": pa.array([received_at_us], pa.int64()).cast(TS_TYPE),
+            "transport": [transport],
+            "gateway": pa.array([gateway], pa.string()),
+            "site": pa.array([site], pa.string()),
+            "batch": pa.nulls(1, pa.int64()),
+            "index": pa.nulls(1, pa.int64()),
+            "field": pa.array([topic and "topic:" + topic], pa.string()),
+            "reason": [reason],
+            "ts": pa.nulls(1, pa.string()),
+            "sensor": pa.nulls(1, pa.string()),
+            "metric": pa.nulls(1, pa.string()),
+            "value": pa.nulls(1, pa.float64()),
+            "raw": [raw],
+        },
+        schema=QUARANTINE_SCHEMA,
+    )

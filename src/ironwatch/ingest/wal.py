@@ -1,0 +1,200 @@
+"""The write-ahead log: where an accepted batch becomes durable before it is acknowledged.
+
+Batches from every connection are appended by one writer thread that writes whatever is waiting
+and then calls ``fdatasync`` once for all of it (group commit), so concurrent requests share the cost
+of making data durable. The log is cut into segments; a closed segment is handed to the flusher,
+which turns it into Parquet files and then deletes it.
+
+A record on disk is ``MAGIC | u32 length | u32 crc32 | payload``. Replay stops at the first torn or
+corrupt record: only the tail after the last completed ``fdatasync`` can be torn, and nothing there
+was acknowledged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+from ironwatch.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"IWR1"
+_HEAD = struct.Struct("<4sII")
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """A closed log file, numbered in the order it was written."""
+
+    seq: int
+    path: Path
+    size_bytes: int
+
+
+def frame(payload: bytes) -> bytes:
+    """Wrap a payload as one log record."""
+    return _HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(path: Path) -> Iterator[bytes]:
+    """Payloads of a segment in order, stopping at a torn or corrupt tail."""
+    data = path.read_bytes()
+    pos = 0
+    while pos + _HEAD.size <= len(data):
+        magic, length, crc = _HEAD.unpack_from(data, pos)
+        start, end = pos + _HEAD.size, pos + _HEAD.size + length
+        if magic != MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
+            break
+        yield data[start:end]
+        pos = end
+    if pos != len(data):
+        log.warning("wal: %s has %d bytes of torn tail after the last whole record", path.name, len(data) - pos)
+
+
+def segment_seq(path: Path) -> int:
+    return int(path.stem)
+
+
+class Log:
+    """An append-only, group-committed log in ``directory``."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_max_bytes: int,
+        on_closed: Callable[[Segment], None],
+        first_seq: int,
+    ) -> None:
+        self.directory = directory
+        self.segment_max_bytes = segment_max_bytes
+        self._on_closed = on_closed
+        self._cond = threading.Condition()
+        self._pending: list[tuple[bytes, Future[None]]] = []
+        self._pending_bytes = 0
+        self._rotate_requested = False
+        self._stopping = False
+        self._seq = first_seq
+        self._size = 0
+        self._opened_at = time.monotonic()
+        self._fd: int | None = self._open(self._seq)
+        self._thread = threading.Thread(target=self._run, name="wal-writer", daemon=True)
+        self._thread.start()
+
+    def _open(self, seq: int) -> int:
+        path = self.directory / f"{seq:012d}.wal"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            dfd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise StorageError(f"cannot open write-ahead log {path}: {exc}") from exc
+        return fd
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes waiting to be written: the depth of the queue in front of the disk."""
+        return self._pending_bytes
+
+    @property
+    def current_age_s(self) -> float:
+        return time.monotonic() - self._opened_at
+
+    @property
+    def current_size(self) -> int:
+        return self._size
+
+    def append(self, record: bytes) -> Future[None]:
+        """Queue a framed record; the future completes once it is on disk."""
+        fut: Future[None] = Future()
+        with self._cond:
+            if self._stopping:
+                raise StorageError("the write-ahead log is closed")
+            self._pending.append((record, fut))
+            self._pending_bytes += len(record)
+            self._cond.notify()
+        return fut
+
+    def rotate(self) -> None:
+        """Close the current segment (if it holds anything) and hand it to the flusher."""
+        with self._cond:
+            self._rotate_requested = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Write what is queued, close the last segment and stop the writer thread."""
+        with self._cond:
+            self._stopping = True
+            self._rotate_requested = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._rotate_requested:
+                    self._cond.wait()
+                batch, self._pending = self._pending, []
+                self._pending_bytes = 0
+                rotate, self._rotate_requested = self._rotate_requested, False
+                stopping = self._stopping
+            if batch:
+                self._write(batch)
+            if (rotate or self._size >= self.segment_max_bytes) and self._size > 0:
+                self._close_segment(reopen=not stopping)
+            if stopping:
+                with self._cond:
+                    if self._pending:
+                        continue
+                if self._fd is not None:  # the last segment is empty: nothing to keep
+                    os.close(self._fd)
+                    (self.directory / f"{self._seq:012d}.wal").unlink(missing_ok=True)
+                    self._fd = None
+                return
+
+    def _write(self, batch: list[tuple[bytes, Future[None]]]) -> None:
+        assert self._fd is not None
+        data = b"".join(record for record, _ in batch)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            error = StorageError(f"cannot write the write-ahead log: {exc}")
+            for _, fut in batch:
+                fut.set_exception(error)
+            # A half-written record must not sit in front of later ones: cut it off.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                log.exception("wal: cannot truncate after a failed write; starting a new segment")
+                self._close_segment(reopen=True)
+            return
+        self._size += len(data)
+        for _, fut in batch:
+            fut.set_result(None)
+
+    def _close_segment(self, *, reopen: bool) -> None:
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = None
+        segment = Segment(self._seq, self.directory / f"{self._seq:012d}.wal", self._size)
+        self._seq += 1
+        self._size = 0
+        self._opened_at = time.monotonic()
+        if reopen:
+            self._fd = self._open(self._seq)
+        self._on_closed(segment)

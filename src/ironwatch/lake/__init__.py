@@ -1,0 +1,24 @@
+"""The data lake: storage roots by URL, the partition layout, Parquet writing and sandboxed SQL."""
+
+from ironwatch.lake import query
+from ironwatch.lake.layout import (
+    quarantine_path,
+    readings_path,
+    to_readings_schema,
+    write_quarantine,
+    write_readings,
+)
+from ironwatch.lake.root import LocalRoot, MemoryRoot, Root, open_root
+
+__all__ = [
+    "LocalRoot",
+    "MemoryRoot",
+    "Root",
+    "open_root",
+    "quarantine_path",
+    "query",
+    "readings_path",
+    "to_readings_schema",
+    "write_quarantine",
+    "write_readings",
+]

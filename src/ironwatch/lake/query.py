@@ -1,0 +1,139 @@
+"""SQL over one tenant's lake with DuckDB, in a sandbox that sees only that tenant's root.
+
+Each query gets a fresh in-memory DuckDB: the views over the tenant's files are created first, then
+external access is limited to the tenant's own directories and the configuration is locked, so the
+analyst's SQL can neither read other files nor widen its own access.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ironwatch.errors import InvalidInput, QueryError
+from ironwatch.lake.root import Root
+
+FORMATS = ("csv", "json", "parquet")
+
+_EMPTY_READINGS = (
+    "SELECT NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS sensor, NULL::VARCHAR AS metric, NULL::DOUBLE AS value, "
+    "NULL::VARCHAR AS gateway, NULL::BIGINT AS batch, NULL::TIMESTAMPTZ AS received_at, "
+    "NULL::VARCHAR AS site, NULL::DATE AS date, NULL::INTEGER AS hour WHERE false"
+)
+_EMPTY_QUARANTINE = (
+    "SELECT NULL::TIMESTAMPTZ AS received_at, NULL::VARCHAR AS transport, NULL::VARCHAR AS gateway, "
+    "NULL::VARCHAR AS site, NULL::BIGINT AS batch, NULL::BIGINT AS index, NULL::VARCHAR AS field, "
+    "NULL::VARCHAR AS reason, NULL::VARCHAR AS ts, NULL::VARCHAR AS sensor, NULL::VARCHAR AS metric, "
+    "NULL::DOUBLE AS value, NULL::VARCHAR AS raw, NULL::DATE AS date WHERE false"
+)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _view(root: Root, prefix: str, hive_types: str, empty: str) -> str:
+    if not root.list(prefix):
+        return empty
+    glob = _quote(root.duckdb_glob(f"{prefix}/**/*.parquet"))
+    return f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, hive_types = {hive_types})"
+
+
+def connect(root: Root, *, memory_limit: str = "512MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+    """A sandboxed DuckDB connection with the tenant's views; nothing outside ``root`` is reachable."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"SET memory_limit = {_quote(memory_limit)}")
+        con.execute(f"SET threads = {int(threads)}")
+        readings = _view(root, "readings", "{'site': VARCHAR, 'date': DATE, 'hour': INTEGER}", _EMPTY_READINGS)
+        quarantine = _view(root, "quarantine", "{'date': DATE}", _EMPTY_QUARANTINE)
+        con.execute(f"CREATE VIEW readings AS {readings}")
+        con.execute(f"CREATE VIEW quarantine AS {quarantine}")
+        dirs = root.duckdb_dirs()
+        con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in dirs)}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        con.execute("SET lock_configuration = true")
+    except duckdb.Error as exc:
+        con.close()
+        raise QueryError(f"cannot open the tenant's lake: {exc}") from exc
+    return con
+
+
+def run(
+    root: Root,
+    sql: str,
+    *,
+    timeout_s: float = 30.0,
+    memory_limit: str = "512MB",
+    max_rows: int | None = None,
+) -> pa.Table:
+    """Run one read-only SQL statement over the tenant's views and return the result as Arrow."""
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidInput("sql", "expected a non-empty SQL statement")
+    con = connect(root, memory_limit=memory_limit)
+    timer = threading.Timer(timeout_s, con.interrupt)
+    timer.start()
+    try:
+        statements = con.extract_statements(sql)
+        if len(statements) != 1:
+            raise QueryError(f"expected one SQL statement, got {len(statements)}")
+        if statements[0].type not in {duckdb.StatementType.SELECT}:
+            raise QueryError(f"only SELECT statements may run, not {statements[0].type.name}")
+        result = con.execute(sql)
+        if max_rows is None:
+            return result.to_arrow_table()
+        reader = result.to_arrow_reader(batch_size=min(max_rows + 1, 100_000))
+        batches, rows = [], 0
+        for batch in reader:
+            batches.append(batch)
+            rows += batch.num_rows
+            if rows > max_rows:
+                raise QueryError(
+                    f"the answer has more than {max_rows} rows; add a LIMIT or use a query job",
+                    {"max_rows": max_rows},
+                )
+        return pa.Table.from_batches(batches, schema=reader.schema)
+    except duckdb.InterruptException as exc:
+        raise QueryError(f"query ran longer than {timeout_s:g} s and was stopped", {"timeout_s": timeout_s}) from exc
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).strip(), {"duckdb": type(exc).__name__}) from exc
+    finally:
+        timer.cancel()
+        con.close()
+
+
+def encode(table: pa.Table, fmt: str) -> bytes:
+    """Serialise a query result as ``csv``, ``json`` (columns and rows) or ``parquet``."""
+    if fmt == "csv":
+        sink = io.BytesIO()
+        pacsv.write_csv(table, sink)
+        return sink.getvalue()
+    if fmt == "json":
+        return orjson.dumps(to_json(table), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC)
+    if fmt == "parquet":
+        out = pa.BufferOutputStream()
+        pq.write_table(table, out, compression="zstd")
+        return bytes(out.getvalue())
+    raise InvalidInput("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def to_json(table: pa.Table) -> dict[str, Any]:
+    """``{"columns": [...], "types": [...], "rows": [[...], ...], "row_count": n}``."""
+    columns = [c.to_pylist() for c in table.columns]
+    rows = [list(r) for r in zip(*columns, strict=True)] if columns else []
+    return {
+        "columns": table.column_names,
+        "types": [str(t) for t in table.schema.types],
+        "rows": rows,
+        "row_count": table.num_rows,
+    }

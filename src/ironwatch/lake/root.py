@@ -1,0 +1,193 @@
+"""Tenant storage roots, chosen by URL: ``file:///srv/lake/acme`` or ``memory://name``.
+
+A root holds files under relative, ``/``-separated paths. Writes are atomic: a reader sees either no
+file or the whole file, never a part of it. Nothing above this module knows whether a root is a
+local folder or a bucket; an S3 implementation plugs in behind the same protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import Protocol, runtime_checkable
+from urllib.parse import unquote, urlparse
+
+from ironwatch.errors import InvalidInput, NotFound, StorageError
+
+
+@runtime_checkable
+class Root(Protocol):
+    """A tenant's storage root."""
+
+    url: str
+
+    def write(self, path: str, data: bytes) -> None:
+        """Store ``data`` at ``path`` atomically, replacing nothing that readers could see half-written."""
+
+    def read(self, path: str) -> bytes:
+        """The whole content of ``path``; :class:`NotFound` if absent."""
+
+    def exists(self, path: str) -> bool:
+        """Whether a complete file is at ``path``."""
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Relative paths of every file under ``prefix``, sorted."""
+
+    def delete(self, path: str) -> None:
+        """Remove ``path``; removing a missing file is not an error."""
+
+    def duckdb_glob(self, pattern: str) -> str:
+        """A location DuckDB's ``read_parquet`` understands for files matching ``pattern``."""
+
+    def duckdb_dirs(self) -> list[str]:
+        """Directories a sandboxed DuckDB may read to query this root."""
+
+
+def _clean(path: str) -> str:
+    """Normalise a relative path and refuse anything that would leave the root."""
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        raise InvalidInput("path", f"{path!r} is not a relative path inside the root")
+    parts = PurePosixPath(path).parts
+    if any(p in {"..", "."} for p in parts):
+        raise InvalidInput("path", f"{path!r} leaves the root")
+    return "/".join(parts)
+
+
+class LocalRoot:
+    """A root in a local folder; atomic writes by write-to-temporary, fsync and rename."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory.resolve()
+        self.url = self.directory.as_uri()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create root {self.url}: {exc}") from exc
+
+    def _path(self, path: str) -> Path:
+        return self.directory / _clean(path)
+
+    def write(self, path: str, data: bytes) -> None:
+        target = self._path(path)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {path} in {self.url}: {exc}") from exc
+
+    def read(self, path: str) -> bytes:
+        try:
+            return self._path(path).read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFound("file", path) from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {path} in {self.url}: {exc}") from exc
+
+    def exists(self, path: str) -> bool:
+        return self._path(path).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.directory
+        if not base.exists():
+            return []
+        if base.is_file():
+            return [prefix]
+        out = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith("."):
+                    continue  # temporaries of writes in progress
+                out.append(Path(dirpath, name).relative_to(self.directory).as_posix())
+        return sorted(out)
+
+    def delete(self, path: str) -> None:
+        try:
+            self._path(path).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path} in {self.url}: {exc}") from exc
+
+    def duckdb_glob(self, pattern: str) -> str:
+        return str(self.directory / pattern)
+
+    def duckdb_dirs(self) -> list[str]:
+        return [str(self.directory)]
+
+
+class MemoryRoot:
+    """A root held in memory: a real implementation for tests and throw-away demos."""
+
+    _registry: dict[str, dict[str, bytes]] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, name: str) -> None:
+        self.url = f"memory://{name}"
+        with self._registry_lock:
+            self._files = self._registry.setdefault(name, {})
+        self._lock = threading.Lock()
+
+    def write(self, path: str, data: bytes) -> None:
+        with self._lock:
+            self._files[_clean(path)] = bytes(data)
+
+    def read(self, path: str) -> bytes:
+        with self._lock:
+            try:
+                return self._files[_clean(path)]
+            except KeyError as exc:
+                raise NotFound("file", path) from exc
+
+    def exists(self, path: str) -> bool:
+        with self._lock:
+            return _clean(path) in self._files
+
+    def list(self, prefix: str = "") -> list[str]:
+        prefix = _clean(prefix) if prefix else ""
+        with self._lock:
+            return sorted(p for p in self._files if not prefix or p == prefix or p.startswith(prefix + "/"))
+
+    def delete(self, path: str) -> None:
+        with self._lock:
+            self._files.pop(_clean(path), None)
+
+    def duckdb_glob(self, pattern: str) -> str:
+        raise StorageError(f"{self.url} is held in memory and cannot be read by SQL")
+
+    def duckdb_dirs(self) -> list[str]:
+        return []
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_root(url: str) -> Root:
+    """Return the tenant storage root for a URL such as ``file:///srv/lake`` or ``memory://test``.
+
+    A plain path is taken as a local folder.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme in {"", "file"}:
+        path = unquote(parsed.path) if parsed.scheme else url
+        if not path:
+            raise InvalidInput("root", f"{url!r} names no folder")
+        return LocalRoot(Path(path))
+    if parsed.scheme == "memory":
+        return MemoryRoot(parsed.netloc + parsed.path)
+    raise InvalidInput("root", f"unsupported storage root scheme {parsed.scheme!r} in {url!r} (file://, memory://)")

@@ -1,0 +1,41 @@
+"""The FastAPI application: ``create_app(settings)`` builds the services and mounts the routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import ironwatch
+from ironwatch.config import Settings
+from ironwatch.web import errors
+from ironwatch.web.routes import admin, health, ingest, query
+from ironwatch.web.services import Services
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The ironwatch HTTP API; the services start with the app and stop with it."""
+    services = services or Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.start()
+        try:
+            yield
+        finally:
+            services.stop()
+
+    app = FastAPI(
+        title="ironwatch",
+        version=ironwatch.__version__,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    errors.install(app)
+    for router in (health.router, ingest.router, query.router, admin.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,38 @@
+"""Reading request bodies within the size limit, undoing gzip without inflating past it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from ironwatch.errors import BodyTooLarge, InvalidInput
+from ironwatch.ingest import gunzip, parse_json
+
+
+async def read(request: Request, limit_bytes: int) -> bytes:
+    """The raw body, gunzipped if ``Content-Encoding: gzip``; :class:`BodyTooLarge` past the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        raise BodyTooLarge(limit_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise BodyTooLarge(limit_bytes)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "gzip":
+        return gunzip(body, limit_bytes)
+    if encoding not in {"identity", ""}:
+        raise InvalidInput("Content-Encoding", f"{encoding!r} is not supported (gzip or identity)")
+    return body
+
+
+async def read_json(request: Request, limit_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object."""
+    doc = parse_json(await read(request, limit_bytes))
+    if not isinstance(doc, dict):
+        raise InvalidInput("body", "expected a JSON object")
+    return doc

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per concern; each calls services and never the other way round."""

@@ -1,0 +1,47 @@
+"""What a running server is made of, built once from the settings and shared by the routes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from ironwatch.config import Settings
+from ironwatch.ingest import Metrics, Pipeline
+from ironwatch.store import Store
+from ironwatch.web.auth import Authenticator
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Services:
+    """The server's parts; started and stopped by the app's lifespan."""
+
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    pipeline: Pipeline
+    auth: Authenticator
+    mqtt: Any = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        store = Store(settings.store_url)
+        metrics = Metrics()
+        pipeline = Pipeline(settings, store, metrics)
+        return cls(settings, store, metrics, pipeline, Authenticator(store, float(settings.auth.key_cache_s)))
+
+    def start(self) -> None:
+        self.pipeline.start()
+        if self.settings.mqtt.url:
+            from ironwatch.ingest.mqtt import Subscriber
+
+            self.mqtt = Subscriber(self.settings, self.pipeline)
+            self.mqtt.start()
+
+    def stop(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        self.pipeline.stop()
+        self.store.close()
