@@ -1,0 +1,345 @@
+"""The ``ironwatch`` command. Thin: it parses arguments, calls services and prints.
+
+Errors print one line and exit 1 (2 for usage errors); ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ironwatch import __version__, config
+from ironwatch.errors import InvalidInput, IronwatchError
+from ironwatch.logs import setup as setup_logging
+from ironwatch.model import Role
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _settings(args: argparse.Namespace, **flags: Any) -> config.Settings:
+    base = {"server.data_dir": getattr(args, "data_dir", None), "log.level": getattr(args, "log_level", None)}
+    return config.load({**base, **flags})
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from ironwatch.store import Store
+
+    return Store(_settings(args).store_url)
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+# server ----------------------------------------------------------------------------------------
+def cmd_server(args: argparse.Namespace) -> int:
+    """Run the HTTP server (and the MQTT subscriber with --mqtt-url) until Ctrl-C."""
+    from ironwatch.web.server import serve
+
+    settings = _settings(
+        args, **{"server.host": args.host, "server.port": args.port, "mqtt.url": args.mqtt_url}
+    )
+    setup_logging(settings.log.level)
+    serve(settings)
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Print every setting, its value and where the value came from."""
+    settings = _settings(args)
+    rows = [(name, config.masked(name, value), origin) for name, value, origin in settings.items()]
+    if args.json:
+        _print_json([{"name": n, "value": v, "origin": o} for n, v, o in rows])
+        return 0
+    width = max(len(n) for n, _, _ in rows)
+    for name, value, origin in rows:
+        print(f"{name:<{width}}  {value!s:<40}  ({origin})")
+    return 0
+
+
+# tenants, keys, gateways -----------------------------------------------------------------------
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    """Create a tenant; its data lives under --root (default DATA_DIR/lake/NAME)."""
+    from ironwatch import lake
+
+    settings = _settings(args)
+    store = _store(args)
+    root_url = args.root or settings.root_url(args.name)
+    lake.open_root(root_url)  # refuse a root that cannot be opened before registering it
+    tenant = store.create_tenant(args.name, root_url)
+    print(f"tenant {tenant.name} created; storage root {tenant.root_url}")
+    return 0
+
+
+def cmd_tenants_list(args: argparse.Namespace) -> int:
+    """List tenants and their storage roots."""
+    for t in _store(args).tenants():
+        print(f"{t.name}\t{t.root_url}")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Create an API key and print it once; only its hash is stored."""
+    key, secret = _store(args).create_key(
+        args.tenant, args.role, site=args.site, gateway=args.gateway, label=args.label
+    )
+    if args.json:
+        _print_json({"id": key.id, "tenant": key.tenant, "role": key.role.value, "key": secret})
+    else:
+        print(secret)
+        print(f"(key {key.id}, role {key.role.value}, tenant {key.tenant}: shown once, store it now)", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke a key by id (or by the key itself); it is refused from then on."""
+    key = _store(args).revoke_key(args.key, tenant=args.tenant)
+    print(f"key {key.id} of tenant {key.tenant} revoked")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """List a tenant's keys (never the secrets)."""
+    for k in _store(args).keys(args.tenant):
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        scope = ",".join(x for x in (k.site and f"site={k.site}", k.gateway and f"gateway={k.gateway}") if x)
+        print(f"{k.id}\t{k.role.value}\t{state}\t{scope or '-'}\t{k.label or ''}")
+    return 0
+
+
+def cmd_gateways_add(args: argparse.Namespace) -> int:
+    """Register a gateway to a site, so that its MQTT messages are accepted."""
+    g = _store(args).add_gateway(args.tenant, args.gateway, args.site)
+    print(f"gateway {g.gateway} registered to site {g.site} of tenant {g.tenant}")
+    return 0
+
+
+def cmd_gateways_list(args: argparse.Namespace) -> int:
+    """List a tenant's gateways."""
+    for g in _store(args).gateways(args.tenant):
+        seen = g.last_seen_at.isoformat() if g.last_seen_at else "never"
+        print(f"{g.gateway}\t{g.site}\tlast heartbeat {seen}")
+    return 0
+
+
+# query -----------------------------------------------------------------------------------------
+def cmd_query(args: argparse.Namespace) -> int:
+    """Run SQL over a tenant's lake, locally (--data-dir/--tenant) or on a server (--url/--key)."""
+    url = args.url or os.environ.get("IRONWATCH_URL")
+    key = args.key or os.environ.get("IRONWATCH_KEY")
+    fmt = args.format or (_format_from_name(args.output) if args.output else "csv")
+    if url:
+        if not key:
+            raise InvalidInput("--key", "a server query needs --key or IRONWATCH_KEY")
+        data = _remote_query(url, key, args.sql, fmt)
+    else:
+        if not args.tenant:
+            raise InvalidInput("--tenant", "a local query needs --tenant (or --url and --key for a server)")
+        from ironwatch import lake
+
+        settings = _settings(args)
+        store = _store(args)
+        root = lake.open_root(store.tenant(args.tenant).root_url)
+        table = lake.query.run(
+            root,
+            args.sql,
+            timeout_s=float(settings.query.timeout_s),
+            memory_limit=str(settings.query.memory_limit),
+        )
+        data = lake.query.encode(table, fmt)
+    if args.output and args.output != "-":
+        Path(args.output).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return 0
+
+
+def _format_from_name(name: str) -> str:
+    suffix = Path(name).suffix.lstrip(".").lower()
+    return suffix if suffix in {"csv", "json", "parquet"} else "csv"
+
+
+def _remote_query(url: str, key: str, sql: str, fmt: str) -> bytes:
+    request = urllib.request.Request(
+        url.rstrip("/") + "/api/v1/query",
+        data=json.dumps({"sql": sql, "format": fmt}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = str(exc)
+        raise IronwatchError(f"server answered {exc.code}: {message}") from exc
+    except urllib.error.URLError as exc:
+        raise IronwatchError(f"cannot reach {url}: {exc.reason}") from exc
+
+
+# demo and bench --------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the whole system on embedded defaults with a synthetic site, until Ctrl-C."""
+    from ironwatch.demo import run_demo
+
+    settings = _settings(args, **{"server.port": args.port})
+    setup_logging(settings.log.level)
+    return run_demo(settings, sensors=args.sensors, duration_s=args.duration)
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    """Measure ingest: a server on a temporary data dir, readings pushed from separate client processes."""
+    from ironwatch.bench.ingest import run_ingest_bench
+
+    result = run_ingest_bench(
+        transport=args.transport, readings=args.readings, batch=args.batch, clients=args.clients, form=args.form
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, value in result.items():
+            print(f"{name:>22}  {value}")
+    return 0
+
+
+# parser ----------------------------------------------------------------------------------------
+def _add(sub: Any, name: str, handler: Handler, example: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=(handler.__doc__ or "").splitlines()[0],
+        description=handler.__doc__,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="data directory (default ./ironwatch-data, or IRONWATCH_SERVER__DATA_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ironwatch",
+        description="Self-hostable predictive maintenance: from PLC readings to the mechanic on call.",
+        epilog="example:\n  ironwatch demo --data-dir demo-data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ironwatch {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--log-level", help="debug, info, warning (default) or error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _add(sub, "server", cmd_server, "ironwatch server --data-dir /srv/ironwatch --port 8000")
+    _data_dir(p)
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--mqtt-url", help="subscribe to this broker, such as mqtt://127.0.0.1:1883")
+
+    p = _add(sub, "demo", cmd_demo, "ironwatch demo --data-dir demo-data")
+    _data_dir(p)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--sensors", type=int, default=300, help="sensors in the synthetic site (default 300)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+
+    cfg = sub.add_parser("config", help="show the settings").add_subparsers(dest="sub", required=True, metavar="SUB")
+    p = _add(cfg, "show", cmd_config_show, "ironwatch config show --data-dir /srv/ironwatch")
+    _data_dir(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    ten = sub.add_parser("tenants", help="create and list tenants").add_subparsers(dest="sub", required=True, metavar="SUB")
+    p = _add(ten, "create", cmd_tenants_create, "ironwatch tenants create acme --data-dir /srv/ironwatch")
+    p.add_argument("name")
+    p.add_argument("--root", help="storage root URL (default DATA_DIR/lake/NAME)")
+    _data_dir(p)
+    p = _add(ten, "list", cmd_tenants_list, "ironwatch tenants list --data-dir /srv/ironwatch")
+    _data_dir(p)
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
+    p = _add(keys, "create", cmd_keys_create, "ironwatch keys create --tenant acme --role analyst --data-dir DIR")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p.add_argument("--site", help="limit the key to one site")
+    p.add_argument("--gateway", help="limit the key to one gateway")
+    p.add_argument("--label", help="a note on what the key is for")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _data_dir(p)
+    p = _add(keys, "revoke", cmd_keys_revoke, "ironwatch keys revoke 3f9a0c1b2d4e --data-dir DIR")
+    p.add_argument("key", help="key id, or the key itself")
+    p.add_argument("--tenant", help="only revoke it if it belongs to this tenant")
+    _data_dir(p)
+    p = _add(keys, "list", cmd_keys_list, "ironwatch keys list --tenant acme --data-dir DIR")
+    p.add_argument("--tenant", required=True)
+    _data_dir(p)
+
+    gws = sub.add_parser("gateways", help="register and list gateways").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
+    p = _add(gws, "add", cmd_gateways_add, "ironwatch gateways add gw-hall-a --site hall-a --tenant acme --data-dir DIR")
+    p.add_argument("gateway")
+    p.add_argument("--site", required=True)
+    p.add_argument("--tenant", required=True)
+    _data_dir(p)
+    p = _add(gws, "list", cmd_gateways_list, "ironwatch gateways list --tenant acme --data-dir DIR")
+    p.add_argument("--tenant", required=True)
+    _data_dir(p)
+
+    p = _add(
+        sub,
+        "query",
+        cmd_query,
+        "ironwatch query --data-dir DIR --tenant acme \"SELECT sensor, avg(value) FROM readings GROUP BY 1\"",
+    )
+    p.add_argument("sql")
+    p.add_argument("--tenant", help="tenant to query locally")
+    p.add_argument("--url", help="server to query (or IRONWATCH_URL)")
+    p.add_argument("--key", help="API key for --url (or IRONWATCH_KEY)")
+    p.add_argument("--format", choices=["csv", "json", "parquet"], help="default csv, or from -o's suffix")
+    p.add_argument("-o", "--output", help="write the result to this file instead of stdout")
+    _data_dir(p)
+
+    bench = sub.add_parser("bench", help="measure performance (JSON output)").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
+    p = _add(bench, "ingest", cmd_bench_ingest, "ironwatch bench ingest --transport http --readings 2000000 --json")
+    p.add_argument("--transport", choices=["http", "mqtt"], default="http")
+    p.add_argument("--form", choices=["rows", "columns"], default="rows", help="envelope form (default rows)")
+    p.add_argument("--readings", type=int, default=2_000_000)
+    p.add_argument("--batch", type=int, default=1000, help="readings per batch or message")
+    p.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ironwatch`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    except IronwatchError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
