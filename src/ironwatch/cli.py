@@ -94,7 +94,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         _print_json({"id": key.id, "tenant": key.tenant, "role": key.role.value, "key": secret})
     else:
         print(secret)
-        print(f"(key {key.id}, role {key.role.value}, tenant {key.tenant}: shown once, store it now)", file=sys.stderr)
+        print(
+            f"(key {key.id}, role {key.role.value}, tenant {key.tenant}: shown once, store it now)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -202,7 +205,11 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from ironwatch.bench.ingest import run_ingest_bench
 
     result = run_ingest_bench(
-        transport=args.transport, readings=args.readings, batch=args.batch, clients=args.clients, form=args.form
+        transport=args.transport,
+        readings=args.readings,
+        batch=args.batch,
+        clients=args.clients,
+        form=args.form,
     )
     if args.json:
         print(json.dumps(result))
@@ -227,7 +234,9 @@ def _add(sub: Any, name: str, handler: Handler, example: str, **kwargs: Any) -> 
 
 
 def _data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="data directory (default ./ironwatch-data, or IRONWATCH_SERVER__DATA_DIR)")
+    parser.add_argument(
+        "--data-dir", help="data directory (default ./ironwatch-data, or IRONWATCH_SERVER__DATA_DIR)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,14 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir(p)
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     p.add_argument("--sensors", type=int, default=300, help="sensors in the synthetic site (default 300)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    p.add_argument(
+        "--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)"
+    )
 
-    cfg = sub.add_parser("config", help="show the settings").add_subparsers(dest="sub", required=True, metavar="SUB")
+    cfg = sub.add_parser("config", help="show the settings").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
     p = _add(cfg, "show", cmd_config_show, "ironwatch config show --data-dir /srv/ironwatch")
     _data_dir(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    ten = sub.add_parser("tenants", help="create and list tenants").add_subparsers(dest="sub", required=True, metavar="SUB")
+    ten = sub.add_parser("tenants", help="create and list tenants").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
     p = _add(ten, "create", cmd_tenants_create, "ironwatch tenants create acme --data-dir /srv/ironwatch")
     p.add_argument("name")
     p.add_argument("--root", help="storage root URL (default DATA_DIR/lake/NAME)")
@@ -270,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
         dest="sub", required=True, metavar="SUB"
     )
-    p = _add(keys, "create", cmd_keys_create, "ironwatch keys create --tenant acme --role analyst --data-dir DIR")
+    p = _add(
+        keys, "create", cmd_keys_create, "ironwatch keys create --tenant acme --role analyst --data-dir DIR"
+    )
     p.add_argument("--tenant", required=True)
     p.add_argument("--role", required=True, choices=[r.value for r in Role])
     p.add_argument("--site", help="limit the key to one site")
@@ -289,7 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     gws = sub.add_parser("gateways", help="register and list gateways").add_subparsers(
         dest="sub", required=True, metavar="SUB"
     )
-    p = _add(gws, "add", cmd_gateways_add, "ironwatch gateways add gw-hall-a --site hall-a --tenant acme --data-dir DIR")
+    p = _add(
+        gws,
+        "add",
+        cmd_gateways_add,
+        "ironwatch gateways add gw-hall-a --site hall-a --tenant acme --data-dir DIR",
+    )
     p.add_argument("gateway")
     p.add_argument("--site", required=True)
     p.add_argument("--tenant", required=True)
@@ -302,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "query",
         cmd_query,
-        "ironwatch query --data-dir DIR --tenant acme \"SELECT sensor, avg(value) FROM readings GROUP BY 1\"",
+        'ironwatch query --data-dir DIR --tenant acme "SELECT sensor, avg(value) FROM readings GROUP BY 1"',
     )
     p.add_argument("sql")
     p.add_argument("--tenant", help="tenant to query locally")
@@ -315,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure performance (JSON output)").add_subparsers(
         dest="sub", required=True, metavar="SUB"
     )
-    p = _add(bench, "ingest", cmd_bench_ingest, "ironwatch bench ingest --transport http --readings 2000000 --json")
+    p = _add(
+        bench, "ingest", cmd_bench_ingest, "ironwatch bench ingest --transport http --readings 2000000 --json"
+    )
     p.add_argument("--transport", choices=["http", "mqtt"], default="http")
     p.add_argument("--form", choices=["rows", "columns"], default="rows", help="envelope form (default rows)")
     p.add_argument("--readings", type=int, default=2_000_000)
@@ -330,8 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.handler(args)
-        return code
+        handler: Handler = args.handler
+        return int(handler(args))
     except KeyboardInterrupt:
         return 130
     except IronwatchError as exc:

@@ -41,24 +41,90 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("server", "data_dir", str, "./ironwatch-data", "Directory for metadata, the write-ahead log and default lake roots."),
+    Field(
+        "server",
+        "data_dir",
+        str,
+        "./ironwatch-data",
+        "Directory for metadata, the write-ahead log and default lake roots.",
+    ),
     Field("server", "host", str, "127.0.0.1", "Address the HTTP server binds to."),
     Field("server", "port", int, 8000, "TCP port of the HTTP server (0 picks a free one)."),
-    Field("server", "max_body_bytes", int, 16 * 1024 * 1024, "Largest accepted request body, after gzip decoding."),
-    Field("store", "url", str, "", "Metadata database URL (SQLAlchemy); empty means sqlite in the data directory."),
-    Field("lake", "root_template", str, "", "Default storage root URL for new tenants, with {tenant}; empty means DATA_DIR/lake/{tenant}."),
-    Field("lake", "flush_interval_s", float, 5.0, "Longest time an acknowledged reading waits in the log before it is written to Parquet."),
-    Field("lake", "segment_max_bytes", int, 64 * 1024 * 1024, "Write-ahead log segment size that triggers a flush to Parquet."),
+    Field(
+        "server",
+        "max_body_bytes",
+        int,
+        16 * 1024 * 1024,
+        "Largest accepted request body, after gzip decoding.",
+    ),
+    Field(
+        "store",
+        "url",
+        str,
+        "",
+        "Metadata database URL (SQLAlchemy); empty means sqlite in the data directory.",
+    ),
+    Field(
+        "lake",
+        "root_template",
+        str,
+        "",
+        "Default storage root URL for new tenants, with {tenant}; empty means DATA_DIR/lake/{tenant}.",
+    ),
+    Field(
+        "lake",
+        "flush_interval_s",
+        float,
+        5.0,
+        "Longest time an acknowledged reading waits in the log before it is written to Parquet.",
+    ),
+    Field(
+        "lake",
+        "segment_max_bytes",
+        int,
+        64 * 1024 * 1024,
+        "Write-ahead log segment size that triggers a flush to Parquet.",
+    ),
     Field("lake", "compression_level", int, 3, "zstd level of raw Parquet files."),
-    Field("ingest", "max_future_s", float, 600.0, "Readings stamped further in the future than this go to quarantine."),
+    Field(
+        "ingest",
+        "max_future_s",
+        float,
+        600.0,
+        "Readings stamped further in the future than this go to quarantine.",
+    ),
     Field("ingest", "max_readings", int, 200_000, "Most readings accepted in one batch."),
     Field("ingest", "max_errors", int, 100, "Most per-reading errors listed in one ingest answer."),
-    Field("auth", "key_cache_s", float, 2.0, "How long a checked API key is trusted before it is looked up again (revocation delay)."),
-    Field("mqtt", "url", str, "", "Broker to subscribe to, such as mqtt://127.0.0.1:1883; empty disables MQTT ingest."),
+    Field(
+        "auth",
+        "key_cache_s",
+        float,
+        2.0,
+        "How long a checked API key is trusted before it is looked up again (revocation delay).",
+    ),
+    Field(
+        "mqtt",
+        "url",
+        str,
+        "",
+        "Broker to subscribe to, such as mqtt://127.0.0.1:1883; empty disables MQTT ingest.",
+    ),
     Field("mqtt", "username", str, "", "Broker user name."),
     Field("mqtt", "password", str, "", "Broker password.", is_secret=True),
-    Field("mqtt", "client_id", str, "ironwatch-ingest", "Client id; the broker keeps this session's messages while the server is down."),
-    Field("mqtt", "share_group", str, "ironwatch", "Shared-subscription group, so several ingest workers split one stream."),
+    Field(
+        "mqtt",
+        "client_id",
+        str,
+        "ironwatch-ingest",
+        "Client id; the broker keeps this session's messages while the server is down.",
+    ),
+    Field(
+        "mqtt",
+        "share_group",
+        str,
+        "ironwatch",
+        "Shared-subscription group, so several ingest workers split one stream.",
+    ),
     Field("query", "timeout_s", float, 30.0, "Longest time one SQL query may run."),
     Field("query", "memory_limit", str, "512MB", "DuckDB memory limit of one SQL query."),
     Field("query", "max_rows", int, 1_000_000, "Most rows a synchronous query answer may hold."),
@@ -201,7 +267,10 @@ def load(
         elif f.env in env:
             values[f.name], origins[f.name] = _coerce(f, env[f.env], f.env), f"env {f.env}"
         elif f.name in file_values:
-            values[f.name], origins[f.name] = _coerce(f, file_values[f.name], str(toml_path)), f"file {toml_path}"
+            values[f.name], origins[f.name] = (
+                _coerce(f, file_values[f.name], str(toml_path)),
+                f"file {toml_path}",
+            )
         else:
             values[f.name], origins[f.name] = f.default, "default"
 

@@ -73,7 +73,9 @@ class BodyTooLarge(InvalidInput):
     code = "too_large"
 
     def __init__(self, limit_bytes: int) -> None:
-        super().__init__("body", f"larger than the limit of {limit_bytes} bytes", {"limit_bytes": limit_bytes})
+        super().__init__(
+            "body", f"larger than the limit of {limit_bytes} bytes", {"limit_bytes": limit_bytes}
+        )
         self.limit_bytes = limit_bytes
 
 

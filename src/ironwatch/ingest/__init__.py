@@ -1,4 +1,4 @@
-"""Ingestion: decoding, validation, quarantine, deduplication and durable append, shared by every front door."""
+"""Ingestion: decoding, validation, quarantine, deduplication and durable append for every front door."""
 
 from ironwatch.ingest.decode import gunzip, parse_json
 from ironwatch.ingest.metrics import Metrics

@@ -23,8 +23,12 @@ from ironwatch.model import check_id
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _FIELDS = ("ts", "sensor", "metric", "value")
-_STR_TS = pa.struct([("ts", pa.string()), ("sensor", pa.string()), ("metric", pa.string()), ("value", pa.float64())])
-_INT_TS = pa.struct([("ts", pa.int64()), ("sensor", pa.string()), ("metric", pa.string()), ("value", pa.float64())])
+_STR_TS = pa.struct(
+    [("ts", pa.string()), ("sensor", pa.string()), ("metric", pa.string()), ("value", pa.float64())]
+)
+_INT_TS = pa.struct(
+    [("ts", pa.int64()), ("sensor", pa.string()), ("metric", pa.string()), ("value", pa.float64())]
+)
 
 
 @dataclasses.dataclass
@@ -109,7 +113,9 @@ def decode(body: bytes, *, max_readings: int) -> Decoded:
     for name in _FIELDS:
         col = columns.get(name)
         if not isinstance(col, list):
-            raise InvalidInput(f"columns.{name}", "missing" if col is None else f"expected a list, got {_kind(col)}")
+            raise InvalidInput(
+                f"columns.{name}", "missing" if col is None else f"expected a list, got {_kind(col)}"
+            )
         lengths[name] = len(col)
     if len(set(lengths.values())) != 1:
         raise InvalidInput("columns", f"columns differ in length: {lengths}")
@@ -147,8 +153,7 @@ def _columns(columns: dict[str, Any], head: dict[str, Any], body: bytes) -> Deco
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
             pass
     rows = [
-        dict(zip(_FIELDS, values, strict=True))
-        for values in zip(*(columns[f] for f in _FIELDS), strict=True)
+        dict(zip(_FIELDS, values, strict=True)) for values in zip(*(columns[f] for f in _FIELDS), strict=True)
     ]
     return _rows_slow(rows, head)
 
@@ -228,8 +233,14 @@ def _ts_us(item: Any) -> int:
 def _kind(item: Any) -> str:
     if item is None:
         return "null"
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number"}.get(type(item), type(item).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(item), type(item).__name__)
 
 
 def _dump(item: Any) -> str:

@@ -190,13 +190,18 @@ class Flusher:
         self._on_written(files, size)
 
     def _discover_sensors(self, tenant: str, table: pa.Table) -> None:
-        pairs = table.select(["site", "sensor", "gateway"]).group_by(["site", "sensor"]).aggregate(
-            [("gateway", "min")]
+        pairs = (
+            table.select(["site", "sensor", "gateway"])
+            .group_by(["site", "sensor"])
+            .aggregate([("gateway", "min")])
         )
         by_site: dict[str, list[str]] = {}
         gateways: dict[str, str | None] = {}
         for site, sensor, gateway in zip(
-            pairs["site"].to_pylist(), pairs["sensor"].to_pylist(), pairs["gateway_min"].to_pylist(), strict=True
+            pairs["site"].to_pylist(),
+            pairs["sensor"].to_pylist(),
+            pairs["gateway_min"].to_pylist(),
+            strict=True,
         ):
             by_site.setdefault(site, []).append(sensor)
             gateways.setdefault(site, gateway)

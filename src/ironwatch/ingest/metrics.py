@@ -23,10 +23,16 @@ class Metrics:
             "ironwatch_readings_duplicate", "Batches answered as duplicates", ["transport"], registry=r
         )
         self.batches = Counter(
-            "ironwatch_batches", "Batches by outcome (stored, duplicate, invalid)", ["transport", "outcome"], registry=r
+            "ironwatch_batches",
+            "Batches by outcome (stored, duplicate, invalid)",
+            ["transport", "outcome"],
+            registry=r,
         )
         self.messages_quarantined = Counter(
-            "ironwatch_messages_quarantined", "Whole messages that could not be decoded", ["transport"], registry=r
+            "ironwatch_messages_quarantined",
+            "Whole messages that could not be decoded",
+            ["transport"],
+            registry=r,
         )
         self.lake_bytes_flushed = Counter(
             "ironwatch_lake_log_bytes_flushed", "Bytes of log segments turned into Parquet", registry=r

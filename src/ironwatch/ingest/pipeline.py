@@ -121,7 +121,10 @@ class Pipeline:
             first_seq=last_seq + 1,
         )
         self.metrics.watch_queue(
-            lambda: (self._log.pending_bytes if self._log else 0) + (self._flusher.pending_bytes if self._flusher else 0),
+            lambda: (
+                (self._log.pending_bytes if self._log else 0)
+                + (self._flusher.pending_bytes if self._flusher else 0)
+            ),
             lambda: self._flusher.pending_segments if self._flusher else 0,
         )
         self._ticker = threading.Thread(target=self._tick, name="wal-ticker", daemon=True)
@@ -230,10 +233,18 @@ class Pipeline:
             transport=transport,
         )
         rec = records.Record(
-            principal.tenant, transport, now, decoded.gateway, decoded.site, decoded.batch,
-            checked.good, checked.quarantine,
+            principal.tenant,
+            transport,
+            now,
+            decoded.gateway,
+            decoded.site,
+            decoded.batch,
+            checked.good,
+            checked.quarantine,
         )
-        return _Admitted((principal.tenant, decoded.gateway, decoded.batch), checked, records.encode(rec), started)
+        return _Admitted(
+            (principal.tenant, decoded.gateway, decoded.batch), checked, records.encode(rec), started
+        )
 
     def _append(self, admitted: _Admitted) -> Future[None]:
         if self._log is None or self._stop.is_set():
@@ -285,9 +296,11 @@ class Pipeline:
         if state == "in_flight":
             assert pending is not None
             pending.add_done_callback(
-                lambda f: result.set_exception(f.exception())  # type: ignore[arg-type]
-                if f.exception()
-                else result.set_result(self._duplicate(transport))
+                lambda f: (
+                    result.set_exception(f.exception())  # type: ignore[arg-type]
+                    if f.exception()
+                    else result.set_result(self._duplicate(transport))
+                )
             )
             return result
         try:

@@ -29,11 +29,11 @@ class Checked:
 
     @property
     def accepted(self) -> int:
-        return self.good.num_rows
+        return int(self.good.num_rows)
 
     @property
     def rejected(self) -> int:
-        return self.quarantine.num_rows
+        return int(self.quarantine.num_rows)
 
 
 def _ts_from_strings(ts: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -134,7 +134,10 @@ def check(
     errors = [
         {"index": i, "field": f, "reason": r}
         for i, f, r in zip(
-            bad_idx[:shown].to_pylist(), bad_field[:shown].to_pylist(), bad_reason[:shown].to_pylist(), strict=True
+            bad_idx[:shown].to_pylist(),
+            bad_field[:shown].to_pylist(),
+            bad_reason[:shown].to_pylist(),
+            strict=True,
         )
     ]
     return Checked(table.filter(good_mask), quarantine, errors)

@@ -57,7 +57,9 @@ def read_records(path: Path) -> Iterator[bytes]:
         yield data[start:end]
         pos = end
     if pos != len(data):
-        log.warning("wal: %s has %d bytes of torn tail after the last whole record", path.name, len(data) - pos)
+        log.warning(
+            "wal: %s has %d bytes of torn tail after the last whole record", path.name, len(data) - pos
+        )
 
 
 def segment_seq(path: Path) -> int:

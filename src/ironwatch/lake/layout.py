@@ -82,8 +82,13 @@ def write_readings(root: Root, table: pa.Table, name: str, *, compression_level:
     table = table.append_column("_hour", hour)
     order = pc.sort_indices(
         table,
-        sort_keys=[("site", "ascending"), ("_hour", "ascending"), ("sensor", "ascending"),
-                   ("metric", "ascending"), ("ts", "ascending")],
+        sort_keys=[
+            ("site", "ascending"),
+            ("_hour", "ascending"),
+            ("sensor", "ascending"),
+            ("metric", "ascending"),
+            ("ts", "ascending"),
+        ],
     )
     table = table.take(order)
     site_codes = pc.dictionary_encode(table["site"]).combine_chunks()

@@ -23,8 +23,8 @@ from ironwatch.lake.root import Root
 FORMATS = ("csv", "json", "parquet")
 
 _EMPTY_READINGS = (
-    "SELECT NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS sensor, NULL::VARCHAR AS metric, NULL::DOUBLE AS value, "
-    "NULL::VARCHAR AS gateway, NULL::BIGINT AS batch, NULL::TIMESTAMPTZ AS received_at, "
+    "SELECT NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS sensor, NULL::VARCHAR AS metric, "
+    "NULL::DOUBLE AS value, NULL::VARCHAR AS gateway, NULL::BIGINT AS batch, NULL::TIMESTAMPTZ AS received_at, "
     "NULL::VARCHAR AS site, NULL::DATE AS date, NULL::INTEGER AS hour WHERE false"
 )
 _EMPTY_QUARANTINE = (
@@ -53,11 +53,13 @@ def connect(root: Root, *, memory_limit: str = "512MB", threads: int = 2) -> duc
         con.execute("SET TimeZone = 'UTC'")
         con.execute(f"SET memory_limit = {_quote(memory_limit)}")
         con.execute(f"SET threads = {int(threads)}")
-        readings = _view(root, "readings", "{'site': VARCHAR, 'date': DATE, 'hour': INTEGER}", _EMPTY_READINGS)
+        readings = _view(
+            root, "readings", "{'site': VARCHAR, 'date': DATE, 'hour': INTEGER}", _EMPTY_READINGS
+        )
         quarantine = _view(root, "quarantine", "{'date': DATE}", _EMPTY_QUARANTINE)
         con.execute(f"CREATE VIEW readings AS {readings}")
         con.execute(f"CREATE VIEW quarantine AS {quarantine}")
-        dirs = root.duckdb_dirs()
+        dirs: list[str] = list(root.duckdb_dirs())
         con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in dirs)}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET autoinstall_known_extensions = false")
@@ -92,8 +94,9 @@ def run(
         result = con.execute(sql)
         if max_rows is None:
             return result.to_arrow_table()
-        reader = result.to_arrow_reader(batch_size=min(max_rows + 1, 100_000))
-        batches, rows = [], 0
+        reader: pa.RecordBatchReader = result.to_arrow_reader(batch_size=min(max_rows + 1, 100_000))
+        batches: list[pa.RecordBatch] = []
+        rows = 0
         for batch in reader:
             batches.append(batch)
             rows += batch.num_rows
@@ -104,7 +107,9 @@ def run(
                 )
         return pa.Table.from_batches(batches, schema=reader.schema)
     except duckdb.InterruptException as exc:
-        raise QueryError(f"query ran longer than {timeout_s:g} s and was stopped", {"timeout_s": timeout_s}) from exc
+        raise QueryError(
+            f"query ran longer than {timeout_s:g} s and was stopped", {"timeout_s": timeout_s}
+        ) from exc
     except duckdb.Error as exc:
         raise QueryError(str(exc).strip(), {"duckdb": type(exc).__name__}) from exc
     finally:

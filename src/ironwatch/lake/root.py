@@ -7,11 +7,12 @@ local folder or a bucket; an S3 implementation plugs in behind the same protocol
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from ironwatch.errors import InvalidInput, NotFound, StorageError
@@ -32,7 +33,7 @@ class Root(Protocol):
     def exists(self, path: str) -> bool:
         """Whether a complete file is at ``path``."""
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         """Relative paths of every file under ``prefix``, sorted."""
 
     def delete(self, path: str) -> None:
@@ -41,7 +42,7 @@ class Root(Protocol):
     def duckdb_glob(self, pattern: str) -> str:
         """A location DuckDB's ``read_parquet`` understands for files matching ``pattern``."""
 
-    def duckdb_dirs(self) -> list[str]:
+    def duckdb_dirs(self) -> builtins.list[str]:
         """Directories a sandboxed DuckDB may read to query this root."""
 
 
@@ -99,7 +100,7 @@ class LocalRoot:
     def exists(self, path: str) -> bool:
         return self._path(path).is_file()
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         base = self._path(prefix) if prefix else self.directory
         if not base.exists():
             return []
@@ -122,15 +123,16 @@ class LocalRoot:
     def duckdb_glob(self, pattern: str) -> str:
         return str(self.directory / pattern)
 
-    def duckdb_dirs(self) -> list[str]:
+    def duckdb_dirs(self) -> builtins.list[str]:
         return [str(self.directory)]
 
 
 class MemoryRoot:
     """A root held in memory: a real implementation for tests and throw-away demos."""
 
-    _registry: dict[str, dict[str, bytes]] = {}
-    _registry_lock = threading.Lock()
+    # Named memory roots are shared within one process, so that a writer and a reader meet.
+    _registry: ClassVar[dict[str, dict[str, bytes]]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, name: str) -> None:
         self.url = f"memory://{name}"
@@ -153,7 +155,7 @@ class MemoryRoot:
         with self._lock:
             return _clean(path) in self._files
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         prefix = _clean(prefix) if prefix else ""
         with self._lock:
             return sorted(p for p in self._files if not prefix or p == prefix or p.startswith(prefix + "/"))
@@ -165,7 +167,7 @@ class MemoryRoot:
     def duckdb_glob(self, pattern: str) -> str:
         raise StorageError(f"{self.url} is held in memory and cannot be read by SQL")
 
-    def duckdb_dirs(self) -> list[str]:
+    def duckdb_dirs(self) -> builtins.list[str]:
         return []
 
 
@@ -190,4 +192,6 @@ def open_root(url: str) -> Root:
         return LocalRoot(Path(path))
     if parsed.scheme == "memory":
         return MemoryRoot(parsed.netloc + parsed.path)
-    raise InvalidInput("root", f"unsupported storage root scheme {parsed.scheme!r} in {url!r} (file://, memory://)")
+    raise InvalidInput(
+        "root", f"unsupported storage root scheme {parsed.scheme!r} in {url!r} (file://, memory://)"
+    )

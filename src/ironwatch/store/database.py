@@ -179,7 +179,9 @@ class Store:
             cond = cond & (schema.api_keys.c.tenant == tenant)
         with self._begin() as conn:
             done = conn.execute(
-                schema.api_keys.update().where(cond & schema.api_keys.c.revoked_at.is_(None)).values(revoked_at=_now())
+                schema.api_keys.update()
+                .where(cond & schema.api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=_now())
             )
             row = conn.execute(sa.select(schema.api_keys).where(cond)).first()
         if row is None:
@@ -238,7 +240,11 @@ class Store:
         with self._begin() as conn:
             conn.execute(
                 schema.gateways.insert().values(
-                    tenant=tenant, gateway=gateway, site=site, registered_at=_now(), registered_by=registered_by
+                    tenant=tenant,
+                    gateway=gateway,
+                    site=site,
+                    registered_at=_now(),
+                    registered_by=registered_by,
                 )
             )
         found = self.gateway(tenant, gateway)

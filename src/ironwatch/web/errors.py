@@ -15,11 +15,15 @@ from ironwatch.errors import IronwatchError
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, code: str, message: str, details: dict[str, object] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: dict[str, object] | None = None
+) -> JSONResponse:
     """A response in the API's one error shape."""
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(
-        {"error": {"code": code, "message": message, "details": details or {}}}, status_code=status, headers=headers
+        {"error": {"code": code, "message": message, "details": details or {}}},
+        status_code=status,
+        headers=headers,
     )
 
 

@@ -24,7 +24,13 @@ def _services(request: Request) -> Services:
 async def whoami(request: Request) -> dict[str, Any]:
     """The tenant, role and scope of the calling key."""
     p = _services(request).auth.principal(request)
-    return {"tenant": p.tenant, "role": p.role.value, "key_id": p.key_id, "site": p.site, "gateway": p.gateway}
+    return {
+        "tenant": p.tenant,
+        "role": p.role.value,
+        "key_id": p.key_id,
+        "site": p.site,
+        "gateway": p.gateway,
+    }
 
 
 @router.get("/keys")
@@ -50,7 +56,10 @@ async def list_keys(request: Request) -> dict[str, Any]:
 
 @router.post("/keys", status_code=201)
 async def create_key(request: Request) -> dict[str, Any]:
-    """Create a key in the caller's tenant: ``{"role", "site"?, "gateway"?, "label"?}``; the secret is shown once."""
+    """Create a key in the caller's tenant: ``{"role", "site"?, "gateway"?, "label"?}``.
+
+    The secret is in this answer only; it is stored hashed.
+    """
     services = _services(request)
     p = services.auth.require(request, *ADMINS)
     doc = await body.read_json(request, 64 * 1024)

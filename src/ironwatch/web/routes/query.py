@@ -15,7 +15,11 @@ from ironwatch.web.services import Services
 
 router = APIRouter(prefix="/api/v1", tags=["query"])
 
-MEDIA = {"csv": "text/csv; charset=utf-8", "json": "application/json", "parquet": "application/vnd.apache.parquet"}
+MEDIA = {
+    "csv": "text/csv; charset=utf-8",
+    "json": "application/json",
+    "parquet": "application/vnd.apache.parquet",
+}
 
 
 @router.post("/query", response_model=None)
