@@ -24,7 +24,8 @@ FORMATS = ("csv", "json", "parquet")
 
 _EMPTY_READINGS = (
     "SELECT NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS sensor, NULL::VARCHAR AS metric, "
-    "NULL::DOUBLE AS value, NULL::VARCHAR AS gateway, NULL::BIGINT AS batch, NULL::TIMESTAMPTZ AS received_at, "
+    "NULL::DOUBLE AS value, NULL::VARCHAR AS gateway, NULL::BIGINT AS batch, "
+    "NULL::TIMESTAMPTZ AS received_at, "
     "NULL::VARCHAR AS site, NULL::DATE AS date, NULL::INTEGER AS hour WHERE false"
 )
 _EMPTY_QUARANTINE = (
