@@ -29,7 +29,9 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 def require_tool(name: str, *candidates: str) -> str:
     """Path of a tool the test needs; missing fails in CI (never a silent skip there)."""
     for candidate in (name, *candidates):
-        found = shutil.which(candidate) or (candidate if os.path.isabs(candidate) and os.access(candidate, os.X_OK) else None)
+        found = shutil.which(candidate) or (
+            candidate if os.path.isabs(candidate) and os.access(candidate, os.X_OK) else None
+        )
         if found:
             return found
     message = f"{name} is not installed (make test installs it)"
@@ -45,7 +47,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05, what: str = "") -> Any:
+def wait_until(
+    check: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05, what: str = ""
+) -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
@@ -70,8 +74,17 @@ class Server:
     log_path: Path | None = None
 
     def start(self) -> Server:
-        args = [sys.executable, "-m", "ironwatch.cli", "server", "--data-dir", str(self.data_dir),
-                "--port", str(self.port), *self.extra_args]
+        args = [
+            sys.executable,
+            "-m",
+            "ironwatch.cli",
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            *self.extra_args,
+        ]
         env = {**os.environ, "IRONWATCH_LAKE__FLUSH_INTERVAL_S": "0.5", **self.env}
         self.log_path = self.data_dir.parent / "server.log"
         with open(self.log_path, "a") as log:
@@ -163,13 +176,17 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> Broker:
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
         def up() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return True
             except OSError:
                 return False
+
         wait_until(up, 10, what="mosquitto to listen")
         return self
 

@@ -22,8 +22,12 @@ def test_batch_round_trip(lab: Lab) -> None:
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"accepted": 2, "rejected": 0, "duplicate": False, "errors": []}
     with server.client(acme.keys["analyst"]) as analyst:
+
         def rows() -> list[list[object]]:
-            r = analyst.post("/api/v1/query", json={"sql": "SELECT sensor, value FROM readings ORDER BY sensor"})
+            r = analyst.post(
+                "/api/v1/query", json={"sql": "SELECT sensor, value FROM readings ORDER BY sensor"}
+            )
             assert r.status_code == 200, r.text
             return r.json()["rows"]
+
         assert wait_until(rows, what="rows in the lake") == [["s-0001", 41.7], ["s-0002", 1450.0]]

@@ -1,0 +1,125 @@
+"""Envelope decoding: the fast columnar path and the slow, precise path agree."""
+
+from __future__ import annotations
+
+import gzip
+import math
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from ironwatch.errors import BodyTooLarge, InvalidInput, MalformedBody
+from ironwatch.ingest.decode import decode, gunzip
+from ironwatch.ingest.validate import check
+
+NOW_US = 1_795_540_000_000_000  # 2026-11-24T14:26:40Z
+
+
+def envelope(readings: list[object], **extra: object) -> bytes:
+    return orjson.dumps({"gateway": "gw-1", "batch": 1, "site": "hall-a", "readings": readings, **extra})
+
+
+def run(body: bytes) -> tuple[pa.Table, pa.Table, list[dict[str, object]]]:
+    checked = check(
+        decode(body, max_readings=10_000),
+        now_us=NOW_US,
+        max_future_s=600,
+        max_errors=100,
+        received_at_us=NOW_US,
+        transport="test",
+    )
+    return checked.good, checked.quarantine, checked.errors
+
+
+def test_string_and_integer_timestamps_mean_the_same_instant() -> None:
+    rows = [
+        {"ts": "2026-11-24T14:00:00.250Z", "sensor": "s-1", "metric": "rpm", "value": 1},
+        {"ts": "2026-11-24T15:00:00.250+01:00", "sensor": "s-1", "metric": "rpm", "value": 2},
+    ]
+    good, _, errors = run(envelope(rows))
+    assert errors == []
+    assert good["ts"].to_pylist() == [1_795_528_800_250_000] * 2
+    as_ms = [{**rows[0], "ts": 1_795_528_800_250}]
+    assert run(envelope(as_ms))[0]["ts"].to_pylist() == [1_795_528_800_250_000]
+
+
+def test_mixed_timestamp_forms_take_the_slow_path_and_still_agree() -> None:
+    rows = [
+        {"ts": "2026-11-24T14:00:00Z", "sensor": "s-1", "metric": "rpm", "value": 1.5},
+        {"ts": 1_795_528_800_000, "sensor": "s-2", "metric": "rpm", "value": 2},
+    ]
+    good, quarantine, errors = run(envelope(rows))
+    assert errors == [] and quarantine.num_rows == 0
+    assert good["ts"].to_pylist() == [1_795_528_800_000_000] * 2
+    assert good["value"].to_pylist() == [1.5, 2.0]
+
+
+def test_columnar_form_equals_row_form() -> None:
+    rows = [
+        {"ts": 1_795_528_800_000 + i, "sensor": f"s-{i % 7}", "metric": "temperature_c", "value": i / 3}
+        for i in range(500)
+    ]
+    columns = {name: [r[name] for r in rows] for name in ("ts", "sensor", "metric", "value")}
+    by_rows = run(envelope(rows))[0]
+    by_columns = run(orjson.dumps({"gateway": "gw-1", "batch": 1, "site": "hall-a", "columns": columns}))[0]
+    assert by_rows.equals(by_columns)
+
+
+def test_bad_readings_are_named_and_good_ones_kept() -> None:
+    body = (
+        b'{"gateway":"gw-1","batch":3,"site":"hall-a","readings":['
+        b'{"ts":"2026-11-24T14:00:00Z","sensor":"s-1","metric":"rpm","value":1},'
+        b'{"ts":"2026-11-24T14:00:00Z","sensor":"s-1","metric":"rpm","value":NaN},'
+        b'{"ts":"2026-11-24T14:00:00Z","sensor":"s-1","metric":"rpm","value":true},'
+        b'{"ts":"2026-11-24T14:00:00","sensor":"s-1","metric":"rpm","value":1},'
+        b'{"ts":"2027-01-01T00:00:00Z","sensor":"s-1","metric":"rpm","value":1},'
+        b'{"ts":"2026-11-24T14:00:00Z","sensor":"s/1","metric":"rpm","value":1},'
+        b"42]}"
+    )
+    good, quarantine, errors = run(body)
+    assert good.num_rows == 1
+    assert [(e["index"], e["field"]) for e in errors] == [
+        (1, "value"),
+        (2, "value"),
+        (3, "ts"),
+        (4, "ts"),
+        (5, "sensor"),
+        (6, ""),
+    ]
+    assert quarantine.num_rows == 6
+    assert math.isnan(quarantine["value"][0].as_py())
+    assert quarantine["raw"][5].as_py() == "42"
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "field"),
+    [
+        (b"{", MalformedBody, "body"),
+        (b"[]", InvalidInput, "body"),
+        (orjson.dumps({"batch": 1, "site": "a", "readings": []}), InvalidInput, "gateway"),
+        (orjson.dumps({"gateway": "../x", "batch": 1, "site": "a", "readings": []}), InvalidInput, "gateway"),
+        (orjson.dumps({"gateway": "g", "batch": "1", "site": "a", "readings": []}), InvalidInput, "batch"),
+        (orjson.dumps({"gateway": "g", "batch": 1, "site": "a"}), InvalidInput, "readings"),
+        (
+            orjson.dumps({"gateway": "g", "batch": 1, "site": "a", "columns": {"ts": [1], "sensor": []}}),
+            InvalidInput,
+            "columns.metric",
+        ),
+    ],
+)
+def test_unusable_envelopes_are_refused_whole(body: bytes, error: type[Exception], field: str) -> None:
+    with pytest.raises(error) as caught:
+        decode(body, max_readings=10)
+    assert caught.value.field == field  # type: ignore[attr-defined]
+
+
+def test_gzip_bombs_stop_at_the_limit() -> None:
+    bomb = gzip.compress(b" " * 10_000_000)
+    with pytest.raises(BodyTooLarge):
+        gunzip(bomb, 1_000_000)
+    assert gunzip(gzip.compress(b"{}"), 100) == b"{}"
+    with pytest.raises(MalformedBody):
+        gunzip(b"\x1f\x8bnot gzip at all", 100)
+    with pytest.raises(MalformedBody):
+        gunzip(gzip.compress(b"x" * 1000)[:-20], 10_000)
