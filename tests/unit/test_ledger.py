@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 
@@ -25,7 +26,7 @@ def test_range_set_matches_a_plain_set() -> None:
             reference.add(n)
     assert all((n in ranges) == (n in reference) for n in range(-3, 530))
     spans = ranges.ranges()
-    assert all(a[1] + 1 < b[0] for a, b in zip(spans, spans[1:], strict=False)), "ranges must be disjoint"
+    assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(spans)), "ranges must be disjoint"
     assert RangeSet(spans).ranges() == spans
 
 
