@@ -75,7 +75,7 @@ FIELDS: tuple[Field, ...] = (
         "lake",
         "flush_interval_s",
         float,
-        5.0,
+        10.0,
         "Longest time an acknowledged reading waits in the log before it is written to Parquet.",
     ),
     Field(

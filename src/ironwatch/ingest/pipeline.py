@@ -267,26 +267,18 @@ class Pipeline:
 
     async def ingest(self, principal: Principal, body: bytes, transport: str = "http") -> Outcome:
         """Store one batch envelope for ``principal``'s tenant; answer once it is durable."""
-        admitted = self._admit(principal, body, transport, may_register=True)
-        state, pending = self.ledger.reserve(admitted.key)
-        if state == "duplicate":
-            return self._duplicate(transport)
-        if state == "in_flight":
-            assert pending is not None
-            await asyncio.wrap_future(pending)
-            return self._duplicate(transport)
-        try:
-            await asyncio.wrap_future(self._append(admitted))
-        except BaseException as exc:
-            self.ledger.release(admitted.key, exc)
-            raise
-        self.ledger.commit(admitted.key)
-        return self._done(admitted, transport)
+        written = self.ingest_blocking(principal, body, transport, may_register=True)
+        # A client that goes away must not cancel the write: the batch may already be durable.
+        return await asyncio.shield(asyncio.wrap_future(written))
 
     def ingest_blocking(
         self, principal: Principal, body: bytes, transport: str, *, may_register: bool = False
     ) -> Future[Outcome]:
-        """Like :meth:`ingest` for threads: returns a future that completes once the batch is durable."""
+        """Admit one batch and return a future that completes once it is durable (or a duplicate).
+
+        Invalid input raises at once; the ledger is updated by the write's own completion, whoever
+        waits for it, so a batch that became durable is always known as such.
+        """
         admitted = self._admit(principal, body, transport, may_register=may_register)
         result: Future[Outcome] = Future()
         state, pending = self.ledger.reserve(admitted.key)
@@ -295,13 +287,15 @@ class Pipeline:
             return result
         if state == "in_flight":
             assert pending is not None
-            pending.add_done_callback(
-                lambda f: (
-                    result.set_exception(f.exception())  # type: ignore[arg-type]
-                    if f.exception()
-                    else result.set_result(self._duplicate(transport))
-                )
-            )
+
+            def after_other(f: Future[None]) -> None:
+                error = f.exception()
+                if error is not None:
+                    result.set_exception(error)
+                else:
+                    result.set_result(self._duplicate(transport))
+
+            pending.add_done_callback(after_other)
             return result
         try:
             written = self._append(admitted)

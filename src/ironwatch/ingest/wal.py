@@ -87,7 +87,7 @@ class Log:
         self._stopping = False
         self._seq = first_seq
         self._size = 0
-        self._opened_at = time.monotonic()
+        self._first_write_at: float | None = None
         self._fd: int | None = self._open(self._seq)
         self._thread = threading.Thread(target=self._run, name="wal-writer", daemon=True)
         self._thread.start()
@@ -112,7 +112,9 @@ class Log:
 
     @property
     def current_age_s(self) -> float:
-        return time.monotonic() - self._opened_at
+        """Seconds since the first record of the current segment was written (0 when empty)."""
+        first = self._first_write_at
+        return 0.0 if first is None else time.monotonic() - first
 
     @property
     def current_size(self) -> int:
@@ -185,6 +187,8 @@ class Log:
                 log.exception("wal: cannot truncate after a failed write; starting a new segment")
                 self._close_segment(reopen=True)
             return
+        if self._size == 0:
+            self._first_write_at = time.monotonic()
         self._size += len(data)
         for _, fut in batch:
             fut.set_result(None)
@@ -196,7 +200,7 @@ class Log:
         segment = Segment(self._seq, self.directory / f"{self._seq:012d}.wal", self._size)
         self._seq += 1
         self._size = 0
-        self._opened_at = time.monotonic()
+        self._first_write_at = None
         if reopen:
             self._fd = self._open(self._seq)
         self._on_closed(segment)
