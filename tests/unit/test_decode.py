@@ -123,3 +123,25 @@ def test_gzip_bombs_stop_at_the_limit() -> None:
         gunzip(b"\x1f\x8bnot gzip at all", 100)
     with pytest.raises(MalformedBody):
         gunzip(gzip.compress(b"x" * 1000)[:-20], 10_000)
+
+
+def test_fast_and_full_checks_agree_on_good_input() -> None:
+    rows = [
+        {
+            "ts": f"2026-11-24T14:{i // 60:02d}:{i % 60:02d}Z",
+            "sensor": f"s-{i % 9}",
+            "metric": "rpm",
+            "value": i,
+        }
+        for i in range(300)
+    ]
+    decoded = decode(envelope(rows), max_readings=1000)
+    fast = check(
+        decoded, now_us=NOW_US, max_future_s=600, max_errors=100, received_at_us=NOW_US, transport="t"
+    )
+    decoded.problem = pa.nulls(300, pa.string())  # forces the full, per-check path
+    full = check(
+        decoded, now_us=NOW_US, max_future_s=600, max_errors=100, received_at_us=NOW_US, transport="t"
+    )
+    assert fast.good.equals(full.good)
+    assert fast.errors == full.errors == []
