@@ -19,13 +19,19 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/ironwatch demo --data-dir demo-data
 
-# Mosquitto is needed by the MQTT tests; install it when missing and we are root.
+# The tests start their own Mosquitto and PostgreSQL on free loopback ports; install them when
+# missing and we are root (Debian packages), else say which command to run.
+SYSTEM_PACKAGES := mosquitto postgresql
 test-system-deps:
-	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto; then \
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
-	    apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; \
+	    echo "installing$$missing"; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "mosquitto is missing: run 'sudo apt-get install mosquitto'" >&2; exit 1; \
+	    echo "missing:$$missing; run 'sudo apt-get install$$missing'" >&2; exit 1; \
 	  fi; \
 	fi
 

@@ -131,9 +131,10 @@ class Tenant:
 class Lab:
     """A data directory with tenants and keys, and the server that runs on it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, store_url: str | None = None) -> None:
         self.data_dir = data_dir
-        self.store = Store(f"sqlite:///{data_dir / 'ironwatch.db'}")
+        self.store_url = store_url or f"sqlite:///{data_dir / 'ironwatch.db'}"
+        self.store = Store(self.store_url)
         self.servers: list[Server] = []
 
     def tenant(self, name: str, *roles: str) -> Tenant:
@@ -145,6 +146,7 @@ class Lab:
         return Tenant(name, keys)
 
     def server(self, *extra_args: str, **env: str) -> Server:
+        env = {"IRONWATCH_STORE__URL": self.store_url, **env}
         server = Server(self.data_dir, list(extra_args), dict(env)).start()
         self.servers.append(server)
         return server
