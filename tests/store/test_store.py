@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pg import postgres_cluster
 
 from ironwatch.errors import Conflict, InvalidInput, NotFound
 from ironwatch.model import Role
 from ironwatch.store import Store
+from pg import postgres_cluster
 
 
 @pytest.fixture(scope="module")
