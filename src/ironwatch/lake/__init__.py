@@ -4,7 +4,6 @@ from ironwatch.lake import query
 from ironwatch.lake.layout import (
     quarantine_path,
     readings_path,
-    to_readings_schema,
     write_quarantine,
     write_readings,
 )
@@ -18,7 +17,6 @@ __all__ = [
     "quarantine_path",
     "query",
     "readings_path",
-    "to_readings_schema",
     "write_quarantine",
     "write_readings",
 ]

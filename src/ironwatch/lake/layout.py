@@ -62,11 +62,6 @@ def _runs(keys: list[np.ndarray]) -> Iterator[tuple[int, int]]:
     yield from zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)
 
 
-def to_readings_schema(table: pa.Table) -> pa.Table:
-    """Cast a table of readings (plain strings) to the documented file schema."""
-    return pa.table([table[f.name].cast(f.type) for f in READINGS_SCHEMA], schema=READINGS_SCHEMA)
-
-
 def write_readings(root: Root, table: pa.Table, name: str, *, compression_level: int = 3) -> list[str]:
     """Write readings (with a ``site`` column) as one file per site and hour named ``name``.
 
@@ -76,33 +71,47 @@ def write_readings(root: Root, table: pa.Table, name: str, *, compression_level:
     """
     if table.num_rows == 0:
         return []
-    ts_us = table["ts"].cast(pa.int64())
-    hour = pc.multiply(pc.divide(ts_us, pa.scalar(HOUR_US, pa.int64())), pa.scalar(HOUR_US, pa.int64()))
-    # floor division for times before 1970 is not needed: such readings are quarantined upstream.
-    table = table.append_column("_hour", hour)
-    order = pc.sort_indices(
-        table,
-        sort_keys=[
-            ("site", "ascending"),
-            ("_hour", "ascending"),
-            ("sensor", "ascending"),
-            ("metric", "ascending"),
-            ("ts", "ascending"),
-        ],
-    )
-    table = table.take(order)
-    site_codes = pc.dictionary_encode(table["site"]).combine_chunks()
-    hours = table["_hour"].to_numpy()
+    ts_us = table["ts"].combine_chunks().cast(pa.int64()).to_numpy()
+    # Readings before 1970 never get here (they are quarantined), so // is a floor.
+    hours = ts_us // HOUR_US * HOUR_US
+    names = {col: _ranked_codes(table[col]) for col in ("site", "sensor", "metric", "gateway")}
+    order = np.lexsort((ts_us, names["metric"][1], names["sensor"][1], hours, names["site"][1]))
+    hours = hours[order]
+    site_sorted = names["site"][1][order]
+    take = pa.array(order)
+    columns = {
+        "ts": pc.take(table["ts"], take).cast(READINGS_SCHEMA.field("ts").type),
+        "value": pc.take(table["value"], take),
+        "batch": pc.take(table["batch"], take),
+        "received_at": pc.take(table["received_at"], take).cast(READINGS_SCHEMA.field("received_at").type),
+    }
+    for col in ("sensor", "metric", "gateway"):
+        dictionary, codes = names[col]
+        columns[col] = pa.DictionaryArray.from_arrays(pa.array(codes[order], pa.int32()), dictionary)
+    ordered = pa.table([columns[f.name] for f in READINGS_SCHEMA], schema=READINGS_SCHEMA)
+    sites = names["site"][0]
     written = []
-    for start, stop in _runs([site_codes.indices.to_numpy(zero_copy_only=False), hours]):
-        part = table.slice(start, stop - start)
-        site = str(part["site"][0])
+    for start, stop in _runs([site_sorted, hours]):
+        site = str(sites[int(site_sorted[start])])
         path = readings_path(site, int(hours[start]), name)
         if root.exists(path):
             continue
-        root.write(path, _parquet_bytes(to_readings_schema(part), compression_level))
+        root.write(path, _parquet_bytes(ordered.slice(start, stop - start), compression_level))
         written.append(path)
     return written
+
+
+def _ranked_codes(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """A sorted dictionary of the column's distinct strings and each row's code into it."""
+    encoded = pc.dictionary_encode(column)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.unify_dictionaries().combine_chunks()
+    dictionary = encoded.dictionary
+    order = pc.sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    return dictionary.take(pa.array(order)), codes
 
 
 def write_quarantine(root: Root, table: pa.Table, name: str) -> list[str]:
