@@ -1,0 +1,48 @@
+"""The ingest benchmark in a tiny form, so that it cannot rot: a real server, real client processes."""
+
+from __future__ import annotations
+
+from ironwatch.bench import run_ingest_bench
+
+KEYS = {
+    "readings_per_s",
+    "p50_ack_ms",
+    "p99_ack_ms",
+    "peak_rss_mib",
+    "bytes_per_reading",
+    "stored",
+    "sql_visible_s",
+    "server_cpu_s",
+}
+
+
+def test_bench_ingest_counts_every_reading() -> None:
+    result = run_ingest_bench(
+        transport="http",
+        readings=20_000,
+        batch=1000,
+        clients=2,
+        form="rows",
+        flush_interval_s=0.5,
+        progress=None,
+    )
+    assert result.keys() >= KEYS
+    assert result["stored"] == 20_000
+    assert result["readings_per_s"] > 0
+    assert 0 < result["p50_ack_ms"] <= result["p99_ack_ms"]
+    assert result["peak_rss_mib"] > 0
+    assert 0 < result["bytes_per_reading"] < 100
+
+
+def test_bench_ingest_columns_with_an_uneven_split() -> None:
+    result = run_ingest_bench(
+        transport="http",
+        readings=12_345,
+        batch=500,
+        clients=3,
+        form="columns",
+        flush_interval_s=0.5,
+        progress=None,
+    )
+    assert result["stored"] == 12_345
+    assert result["form"] == "columns"
