@@ -74,7 +74,7 @@ class LocalRoot:
         target = self._path(path)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(target.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 view = memoryview(data)
@@ -88,6 +88,16 @@ class LocalRoot:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {path} in {self.url}: {exc}") from exc
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create missing folders and make their names durable too (a power cut must not lose them)."""
+        missing = []
+        while not directory.exists() and directory != self.directory:
+            missing.append(directory)
+            directory = directory.parent
+        for folder in reversed(missing):
+            folder.mkdir(exist_ok=True)
+            _fsync_dir(folder.parent)
 
     def read(self, path: str) -> bytes:
         try:
