@@ -117,7 +117,8 @@ def decode(body: bytes, *, max_readings: int) -> Decoded:
     """
     try:
         env = _TYPED.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec raises UnicodeDecodeError for invalid UTF-8: the generic path names it as malformed
         return _decode_generic(body, max_readings)
     check_id("gateway", env.gateway)
     check_id("site", env.site)
