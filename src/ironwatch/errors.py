@@ -79,6 +79,22 @@ class BodyTooLarge(InvalidInput):
         self.limit_bytes = limit_bytes
 
 
+class UnsupportedEncoding(InvalidInput):
+    """The body comes in a content coding the server cannot undo; 415 lets a client resend it plainly."""
+
+    status = 415
+    code = "unsupported_encoding"
+
+    def __init__(self, encoding: str, supported: tuple[str, ...]) -> None:
+        super().__init__(
+            "Content-Encoding",
+            f"{encoding!r} is not supported ({' or '.join(supported)})",
+            {"supported": list(supported)},
+        )
+        self.encoding = encoding
+        self.supported = supported
+
+
 class Unauthenticated(IronwatchError):
     """No key, an unknown key, or a revoked key."""
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ironwatch.errors import BodyTooLarge, InvalidInput
+from ironwatch.errors import BodyTooLarge, InvalidInput, UnsupportedEncoding
 from ironwatch.ingest import gunzip, parse_json
 
 
@@ -26,7 +26,7 @@ async def read(request: Request, limit_bytes: int) -> bytes:
     if encoding == "gzip":
         return gunzip(body, limit_bytes)
     if encoding not in {"identity", ""}:
-        raise InvalidInput("Content-Encoding", f"{encoding!r} is not supported (gzip or identity)")
+        raise UnsupportedEncoding(encoding, ("gzip", "identity"))
     return body
 
 

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ironwatch.errors import IronwatchError
+from ironwatch.errors import IronwatchError, UnsupportedEncoding
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(IronwatchError)
     async def _ironwatch(_request: Request, exc: IronwatchError) -> JSONResponse:
         details = {**exc.details, "retryable": exc.retryable} if exc.retryable else exc.details
-        return error_response(exc.status, exc.code, exc.message, details)
+        response = error_response(exc.status, exc.code, exc.message, details)
+        if isinstance(exc, UnsupportedEncoding):  # RFC 7694: say which codings a resend may use
+            response.headers["Accept-Encoding"] = ", ".join(exc.supported)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
