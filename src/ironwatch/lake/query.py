@@ -61,6 +61,9 @@ def connect(root: Root, *, memory_limit: str = "512MB", threads: int = 2) -> duc
         con.execute(f"CREATE VIEW readings AS {readings}")
         con.execute(f"CREATE VIEW quarantine AS {quarantine}")
         dirs: list[str] = list(root.duckdb_dirs())
+        # DuckDB lets a connection read its temporary directory (by default .tmp in the server's
+        # working directory, shared by every tenant's queries), so queries do not spill to disk.
+        con.execute("SET temp_directory = ''")
         con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in dirs)}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET autoinstall_known_extensions = false")
