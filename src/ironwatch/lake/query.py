@@ -7,8 +7,10 @@ analyst's SQL can neither read other files nor widen its own access.
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
+from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -128,12 +130,25 @@ def encode(table: pa.Table, fmt: str) -> bytes:
         pacsv.write_csv(table, sink)
         return sink.getvalue()
     if fmt == "json":
-        return orjson.dumps(to_json(table), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC)
+        return orjson.dumps(
+            to_json(table), default=_json_value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC
+        )
     if fmt == "parquet":
         out = pa.BufferOutputStream()
         pq.write_table(table, out, compression="zstd")
         return bytes(out.getvalue())
     raise InvalidInput("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def _json_value(value: Any) -> Any:
+    """JSON for what orjson cannot write: DECIMAL and HUGEINT (``sum`` of integers), BLOB, INTERVAL."""
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value() and -(2**63) <= value < 2**63:
+            return int(value)
+        return float(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return str(value)
 
 
 def to_json(table: pa.Table) -> dict[str, Any]:
