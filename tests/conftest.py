@@ -206,10 +206,13 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     store = tmp_path / "mosquitto"
     store.mkdir()
     conf = tmp_path / "mosquitto.conf"
+    # As root, Mosquitto drops to the 'mosquitto' user, who cannot write the persistence file
+    # under pytest's private tmp_path: persistence would silently do nothing.
+    run_as = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
         f"persistence_location {store}/\nautosave_interval 1\nmax_queued_messages 0\n"
-        "max_inflight_messages 0\n"
+        f"max_inflight_messages 0\n{run_as}"
     )
     broker = Broker(port, conf, binary).start()
     yield broker

@@ -34,6 +34,12 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.mqtt_messages_dropped = Counter(
+            "ironwatch_mqtt_messages_dropped",
+            "MQTT messages acknowledged without a tenant root to keep them in (unknown tenant, bad topic)",
+            ["reason"],
+            registry=r,
+        )
         self.lake_bytes_flushed = Counter(
             "ironwatch_lake_log_bytes_flushed", "Bytes of log segments turned into Parquet", registry=r
         )

@@ -1,0 +1,448 @@
+"""The MQTT front door: a subscriber that feeds what gateways publish into the ingest pipeline.
+
+Gateways publish batch envelopes to ``ironwatch/{tenant}/{site}/{gateway}/readings`` and heartbeats
+to ``.../heartbeat``. The server subscribes with QoS 1 through a shared subscription, so several
+ingest workers (each with its own client id) split one stream.
+
+Durability works like HTTP's "acknowledged means durable": the client acknowledges nothing by
+itself (paho's ``manual_ack``); a PUBACK goes out only once the batch, or the quarantine row of a
+broken message, is fsynced in the write-ahead log. The session is persistent (MQTT v5, clean start
+off, a session expiry), so the broker keeps every unacknowledged or newly published message while
+the server is down or reconnecting, and delivers it again; a batch delivered twice is answered as a
+duplicate by the ledger. PUBACKs are sent in the order the messages arrived, as MQTT asks.
+
+The topic is the only identity a message has, so the broker's access rules must allow a gateway
+to publish only under its own tenant, site and gateway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ironwatch.config import Settings
+from ironwatch.errors import (
+    ConfigError,
+    InvalidInput,
+    IronwatchError,
+    MissingDependency,
+    NotFound,
+    Unavailable,
+)
+from ironwatch.ingest.decode import gunzip, parse_json
+from ironwatch.ingest.heartbeat import parse_heartbeat
+from ironwatch.ingest.pipeline import Pipeline
+from ironwatch.model import Principal, Role, is_id
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger(__name__)
+
+TRANSPORT = "mqtt"
+KINDS = ("readings", "heartbeat")
+#: How long the broker keeps the session (subscriptions and queued messages) while the server is down.
+SESSION_EXPIRY_S = 7 * 24 * 3600
+#: Most unacknowledged messages the broker may have in flight towards this client.
+RECEIVE_MAXIMUM = 1000
+KEEPALIVE_S = 30
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+#: How long ``stop`` waits for the acknowledgements of messages already being written.
+STOP_DRAIN_S = 10.0
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclasses.dataclass(frozen=True)
+class Broker:
+    """Where the broker listens, from a URL such as ``mqtt://127.0.0.1:1883`` or ``mqtts://host``."""
+
+    host: str
+    port: int
+    is_tls: bool
+
+    @classmethod
+    def from_url(cls, url: str) -> Broker:
+        """Parse ``mqtt://HOST[:PORT]`` (default port 1883) or ``mqtts://HOST[:PORT]`` (TLS, 8883)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError("mqtt.url", f"{url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError("mqtt.url", f"{url!r}: {exc}") from exc
+        if not parts.hostname:
+            raise ConfigError("mqtt.url", f"{url!r}: no host")
+        if parts.username or parts.password:
+            raise ConfigError("mqtt.url", "put the user name and password in mqtt.username and mqtt.password")
+        is_tls = parts.scheme == "mqtts"
+        return cls(parts.hostname, port or (8883 if is_tls else 1883), is_tls)
+
+
+def topic_filters(share_group: str) -> list[str]:
+    """The shared-subscription filters the server subscribes to."""
+    return [f"$share/{share_group}/ironwatch/+/+/+/{kind}" for kind in KINDS]
+
+
+class _State(enum.Enum):
+    PENDING = "pending"
+    ACK = "ack"
+    #: Not acknowledged: the broker delivers the message again on the next connection.
+    LEAVE = "leave"
+
+
+@dataclasses.dataclass
+class _Delivery:
+    mid: int
+    generation: int
+    state: _State = _State.PENDING
+
+
+class _Acks:
+    """Sends PUBACKs in the order the messages arrived, each once its message is settled.
+
+    Packet ids belong to one connection: after a reconnect the broker delivers unacknowledged
+    messages again, so settlements from an earlier connection are dropped instead of acknowledging
+    a packet id the broker may have reused.
+    """
+
+    def __init__(self, send: Callable[[int], None]) -> None:
+        self._send = send
+        self._cond = threading.Condition()
+        self._queue: deque[_Delivery] = deque()
+        self._generation = 0
+
+    def reset(self) -> None:
+        """Forget the deliveries of the previous connection."""
+        with self._cond:
+            self._generation += 1
+            self._queue.clear()
+            self._cond.notify_all()
+
+    def expect(self, mid: int) -> _Delivery:
+        """Register a QoS 1 message that must be acknowledged in its turn."""
+        with self._cond:
+            delivery = _Delivery(mid, self._generation)
+            self._queue.append(delivery)
+            return delivery
+
+    def settle(self, delivery: _Delivery | None, *, ack: bool) -> None:
+        """Mark a delivery done; send every PUBACK that is now at the head of the line."""
+        if delivery is None:  # QoS 0: nothing to acknowledge
+            return
+        with self._cond:
+            if delivery.generation != self._generation or delivery.state is not _State.PENDING:
+                return
+            delivery.state = _State.ACK if ack else _State.LEAVE
+            while self._queue and self._queue[0].state is not _State.PENDING:
+                head = self._queue.popleft()
+                if head.state is _State.ACK:
+                    self._send(head.mid)  # under the lock, so PUBACKs leave in order
+            if not self._queue:
+                self._cond.notify_all()
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every delivery of this connection is settled."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue, timeout_s)
+
+
+def _paho() -> Any:
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError as exc:
+        raise MissingDependency("paho-mqtt", "mqtt") from exc
+    return mqtt
+
+
+class Subscriber:
+    """Subscribes to the gateways' topics and feeds every message into the pipeline."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self._settings = settings
+        self._pipeline = pipeline
+        self._metrics = pipeline.metrics
+        self._broker = Broker.from_url(str(settings.mqtt.url))
+        self._filters = topic_filters(str(settings.mqtt.share_group))
+        self._max_body_bytes = int(settings.server.max_body_bytes)
+        self._client: Client | None = None
+        self._acks = _Acks(self._send_ack)
+        self._is_connected = False
+        self._is_subscribed = False
+        self._subscribe_mid: int | None = None
+        self._stopping = threading.Event()
+        self._known_tenants: set[str] = set()
+
+    # life cycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; the client keeps reconnecting until :meth:`stop`."""
+        mqtt = _paho()
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=str(self._settings.mqtt.client_id),
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        username = str(self._settings.mqtt.username)
+        if username:
+            client.username_pw_set(username, str(self._settings.mqtt.password) or None)
+        if self._broker.is_tls:
+            try:
+                client.tls_set()
+            except (OSError, ValueError) as exc:
+                raise ConfigError("mqtt.url", f"cannot set up TLS: {exc}") from exc
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        properties.ReceiveMaximum = RECEIVE_MAXIMUM
+        try:
+            client.connect_async(
+                self._broker.host,
+                self._broker.port,
+                keepalive=KEEPALIVE_S,
+                clean_start=False,
+                properties=properties,
+            )
+        except ValueError as exc:
+            raise ConfigError("mqtt.url", str(exc)) from exc
+        rc = client.loop_start()
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise Unavailable(f"cannot start the MQTT client: {mqtt.error_string(rc)}")
+        self._client = client
+        log.info("MQTT: connecting to %s as %s", self._address, self._settings.mqtt.client_id)
+
+    def stop(self) -> None:
+        """Stop taking messages, send the acknowledgements of those already durable, disconnect.
+
+        Messages that arrive from now on are left unacknowledged: the broker keeps them for the
+        next start.
+        """
+        client = self._client
+        if client is None:
+            return
+        self._stopping.set()
+        if not self._acks.wait_idle(STOP_DRAIN_S):
+            log.warning(
+                "MQTT: %d messages still unacknowledged at stop; the broker sends them again",
+                self._acks.pending,
+            )
+        client.disconnect()
+        client.loop_stop()
+        self._client = None
+        self._is_connected = self._is_subscribed = False
+
+    @property
+    def is_connected(self) -> bool:
+        """Connected to the broker and subscribed to the gateways' topics."""
+        return self._is_connected and self._is_subscribed
+
+    # paho callbacks (network thread) -----------------------------------------------------------
+    # paho stops its network thread when a callback raises, so none of them may.
+    def _on_connect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason.is_failure:
+                log.error("MQTT: broker %s refused the connection: %s", self._address, reason)
+                return
+            self._acks.reset()
+            self._is_connected = True
+            log.info("MQTT: connected to %s (session present: %s)", self._address, flags.session_present)
+            mqtt = _paho()
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            rc, mid = client.subscribe([(f, SubscribeOptions(qos=1)) for f in self._filters])
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                log.error("MQTT: cannot subscribe to %s: %s", self._filters, mqtt.error_string(rc))
+            self._subscribe_mid = mid
+        except Exception:
+            log.exception("MQTT: error while handling the connection")
+
+    def _on_subscribe(
+        self,
+        client: Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        try:
+            refused = [(f, str(r)) for f, r in zip(self._filters, reasons, strict=False) if r.is_failure]
+            if refused:
+                log.error("MQTT: broker %s refused the subscriptions %s", self._address, refused)
+                return
+            if mid == self._subscribe_mid:
+                self._is_subscribed = True
+                log.info("MQTT: subscribed to %s", self._filters)
+        except Exception:
+            log.exception("MQTT: error while handling the subscription answer")
+
+    def _on_disconnect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._is_connected = self._is_subscribed = False
+        if not self._stopping.is_set():
+            log.warning("MQTT: lost the broker %s (%s); reconnecting", self._address, reason)
+
+    def _on_connect_fail(self, client: Client, userdata: Any) -> None:
+        log.warning("MQTT: cannot reach the broker %s; retrying", self._address)
+
+    def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
+        if self._stopping.is_set():
+            return  # unacknowledged: the broker keeps it for the next start
+        delivery = self._acks.expect(message.mid) if message.qos > 0 else None
+        try:
+            self._handle(message, delivery)
+        except Exception:
+            # A bug, not a bad message: leave it with the broker rather than lose it.
+            log.exception("MQTT: message mid=%d could not be handled; left unacknowledged", message.mid)
+            self._acks.settle(delivery, ack=False)
+
+    @property
+    def _address(self) -> str:
+        return f"{self._broker.host}:{self._broker.port}"
+
+    def _send_ack(self, mid: int) -> None:
+        client = self._client
+        if client is None:
+            return
+        mqtt = _paho()
+        rc = client.ack(mid, 1)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            # The connection is gone; the broker delivers the message again and the ledger dedupes it.
+            log.info("MQTT: cannot acknowledge mid=%d: %s", mid, mqtt.error_string(rc))
+
+    # messages ----------------------------------------------------------------------------------
+    def _handle(self, message: MQTTMessage, delivery: _Delivery | None) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            self._drop(delivery, "bad_topic", "<not UTF-8>", "the topic is not UTF-8")
+            return
+        parts = topic.split("/")
+        if len(parts) != 5 or parts[0] != "ironwatch" or parts[4] not in KINDS:
+            self._drop(
+                delivery, "bad_topic", topic, "not ironwatch/{tenant}/{site}/{gateway}/readings|heartbeat"
+            )
+            return
+        _, tenant, site, gateway, kind = parts
+        payload = bytes(message.payload)  # no copy when it already is bytes
+        try:
+            if not self._is_tenant(tenant):
+                self._drop(delivery, "unknown_tenant", topic, f"no tenant named {tenant!r}")
+                return
+            for field, value in (("site", site), ("gateway", gateway)):
+                if not is_id(value):
+                    raise InvalidInput(f"topic {field}", f"{value[:80]!r} is not a valid id")
+            principal = Principal(tenant, Role.GATEWAY, key_id="mqtt", site=site, gateway=gateway)
+            body = self._unwrap(payload)
+            if kind == "heartbeat":
+                self._heartbeat(principal, body)
+                self._acks.settle(delivery, ack=True)
+                return
+            written = self._pipeline.ingest_blocking(principal, body, TRANSPORT, may_register=False)
+        except IronwatchError as exc:
+            self._reject(delivery, tenant, topic, payload, exc)
+            return
+        written.add_done_callback(partial(self._on_durable, delivery, topic))
+
+    def _is_tenant(self, tenant: str) -> bool:
+        if tenant in self._known_tenants:
+            return True
+        if not is_id(tenant):
+            return False
+        try:
+            self._pipeline.root_of(tenant)
+        except NotFound:
+            return False
+        self._known_tenants.add(tenant)
+        return True
+
+    def _unwrap(self, payload: bytes) -> bytes:
+        # JSON never starts with the gzip magic bytes, so gateways may compress without telling.
+        if payload[:2] == _GZIP_MAGIC:
+            return gunzip(payload, self._max_body_bytes)
+        return payload
+
+    def _heartbeat(self, principal: Principal, body: bytes) -> None:
+        doc = parse_json(body)
+        if not isinstance(doc, dict):
+            raise InvalidInput("body", f"expected a JSON object, got {type(doc).__name__}")
+        beat = parse_heartbeat(doc, principal)
+        self._pipeline.heartbeat(principal.tenant, beat, may_register=False)
+
+    def _reject(
+        self, delivery: _Delivery | None, tenant: str, topic: str, payload: bytes, error: IronwatchError
+    ) -> None:
+        """Quarantine a message that cannot be stored; acknowledge it once the quarantine row is durable."""
+        if error.retryable:
+            log.warning("MQTT: message on %s not stored now (%s); the broker sends it again", topic, error)
+            self._acks.settle(delivery, ack=False)
+            return
+        reason = _reason(error, topic)
+        log.warning("MQTT: quarantined a message on %s: %s", topic, reason)
+        try:
+            kept = self._pipeline.quarantine_message(tenant, payload, reason, TRANSPORT, topic)
+        except IronwatchError as exc:
+            log.error("MQTT: cannot quarantine a message on %s (%s); left unacknowledged", topic, exc)
+            self._acks.settle(delivery, ack=False)
+            return
+        kept.add_done_callback(partial(self._on_durable, delivery, topic))
+
+    def _on_durable(self, delivery: _Delivery | None, topic: str, written: Future[Any]) -> None:
+        # Runs on the write-ahead log's thread (or inline when the future is already done).
+        try:
+            error = written.exception()
+            if error is not None:
+                log.error("MQTT: message on %s is not durable (%s); left unacknowledged", topic, error)
+            self._acks.settle(delivery, ack=error is None)
+        except Exception:
+            log.exception("MQTT: error while acknowledging a message on %s", topic)
+
+    def _drop(self, delivery: _Delivery | None, why: str, topic: str, reason: str) -> None:
+        """Acknowledge a message that has no tenant to keep it in: log it and count it."""
+        self._metrics.mqtt_messages_dropped.labels(why).inc()
+        log.warning("MQTT: dropped a message on %s: %s (no tenant root to quarantine it in)", topic, reason)
+        self._acks.settle(delivery, ack=True)
+
+
+def _reason(error: IronwatchError, topic: str) -> str:
+    """The quarantine reason: what is wrong, in words that fit MQTT (there is no key, only a topic)."""
+    field = error.details.get("field")
+    if error.code == "forbidden" and field in ("site", "gateway"):
+        return f"{field}: the message names another {field} than the topic {topic}"
+    return f"{error.code}: {error.message}"
