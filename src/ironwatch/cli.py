@@ -259,10 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "demo", cmd_demo, "ironwatch demo --data-dir demo-data")
     _data_dir(p)
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="TCP port (default 8000, or a free one when 8000 is taken; 0 picks a free one)",
+    )
     p.add_argument("--sensors", type=int, default=300, help="sensors in the synthetic site (default 300)")
     p.add_argument(
-        "--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)"
+        "--duration",
+        type=float,
+        default=None,
+        help="stop this many seconds after it is ready (default: Ctrl-C)",
     )
 
     cfg = sub.add_parser("config", help="show the settings").add_subparsers(
