@@ -135,7 +135,8 @@ def cmd_gateways_list(args: argparse.Namespace) -> int:
 # query -----------------------------------------------------------------------------------------
 def cmd_query(args: argparse.Namespace) -> int:
     """Run SQL over a tenant's lake, locally (--data-dir/--tenant) or on a server (--url/--key)."""
-    url = args.url or os.environ.get("IRONWATCH_URL")
+    # --tenant means a local query, even when IRONWATCH_URL is set for server queries.
+    url = args.url or (None if args.tenant else os.environ.get("IRONWATCH_URL"))
     key = args.key or os.environ.get("IRONWATCH_KEY")
     fmt = args.format or (_format_from_name(args.output) if args.output else "csv")
     if url:

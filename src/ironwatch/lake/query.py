@@ -97,7 +97,7 @@ def run(
             raise QueryError(f"expected one SQL statement, got {len(statements)}")
         if statements[0].type not in {duckdb.StatementType.SELECT}:
             raise QueryError(f"only SELECT statements may run, not {statements[0].type.name}")
-        result = con.execute(sql)
+        result = con.sql(sql)  # a DB-API result warns on Arrow output in DuckDB 2
         if max_rows is None:
             return result.to_arrow_table()
         reader: pa.RecordBatchReader = result.to_arrow_reader(batch_size=min(max_rows + 1, 100_000))
