@@ -291,7 +291,7 @@ def test_key_revoked_in_the_store_is_refused_within_the_cache_time(world: World)
             timeout_s=KEY_CACHE_S + 5,
             what="the revoked key to be refused",
         )
-        assert time.monotonic() - revoked_at <= KEY_CACHE_S + 1.0
+        assert time.monotonic() - revoked_at <= KEY_CACHE_S + 2.0  # the cache time plus a slow request
         assert_error(analyst.get("/api/v1/whoami"), 401, "unauthenticated")
 
 
