@@ -156,6 +156,8 @@ class _Demo:
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
         self.feed: Feed | None = None
+        self._lock = threading.Lock()
+        self._stop_requested = False
 
     def run(self) -> int:
         from ironwatch.web.server import serve
@@ -188,7 +190,11 @@ class _Demo:
         return {s: signal.signal(s, lambda *_: self.stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def request_stop(self) -> None:
-        """Ask the server in the main thread to stop, as Ctrl-C would."""
+        """Ask the server in the main thread to stop, as Ctrl-C would (once)."""
+        with self._lock:
+            if self._stop_requested:
+                return
+            self._stop_requested = True
         self.stop.set()
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -203,6 +209,9 @@ class _Demo:
         except (IronwatchError, OSError) as exc:
             self.error = exc
             log.debug("demo feed stopped", exc_info=True)
+        finally:
+            # Whatever ended the feed (the deadline, an error, a Ctrl-C that came before the
+            # server was up), the server must not go on without it.
             self.request_stop()
 
     def _feed_until_stopped(self, url: str) -> None:
@@ -334,7 +343,7 @@ def _banner(demo: _Demo, url: str) -> str:
         "    $IRONWATCH_URL/api/v1/query",
         f'  {cmd} query --data-dir {data_dir} --tenant {TENANT} "{worn}"',
         f'  {cmd} query "SELECT count(*) AS readings, count(DISTINCT sensor) AS sensors FROM readings"',
-        "  curl -s $IRONWATCH_URL/metrics | grep ^ironwatch_readings",
+        "  curl -s $IRONWATCH_URL/metrics | grep '^ironwatch_readings.*_total'",
         f"  API documentation: {url}/api/v1/docs",
         "",
         "Ctrl-C stops the demo; the data stays and the next run continues where this one stopped.",
