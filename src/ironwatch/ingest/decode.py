@@ -131,7 +131,7 @@ def decode(body: bytes, *, max_readings: int) -> Decoded:
     check_id("site", env.site)
     if (env.readings is None) == (env.columns is None) or not 0 <= env.batch < 2**63:
         return _decode_generic(body, max_readings)
-    head = dict(gateway=env.gateway, site=env.site, batch=env.batch, sent_at=env.sent_at)
+    head: dict[str, Any] = dict(gateway=env.gateway, site=env.site, batch=env.batch, sent_at=env.sent_at)
     if env.readings is not None:
         rows = env.readings
         if len(rows) > max_readings:

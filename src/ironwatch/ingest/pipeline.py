@@ -211,7 +211,7 @@ class Pipeline:
     def _admit(self, principal: Principal, body: bytes, transport: str, *, may_register: bool) -> _Admitted:
         started = time.perf_counter()
         if principal.role not in INGEST_ROLES:
-            raise Forbidden(f"a {principal.role.value} key may not send readings")
+            raise Forbidden(f"the {principal.role.value} role may not send readings")
         ingest = self.settings.ingest
         try:
             decoded = decode(body, max_readings=int(ingest.max_readings))

@@ -63,7 +63,7 @@ class Authenticator:
         principal = self.principal(request)
         if principal.role not in roles:
             allowed = ", ".join(r.value for r in roles)
-            raise Forbidden(f"a {principal.role.value} key may not do this (needs {allowed})")
+            raise Forbidden(f"the {principal.role.value} role may not do this (needs {allowed})")
         return principal
 
 
