@@ -209,6 +209,9 @@ class _Demo:
         except (IronwatchError, OSError) as exc:
             self.error = exc
             log.debug("demo feed stopped", exc_info=True)
+        except Exception as exc:  # a bug: keep the traceback, and still stop the demo cleanly
+            self.error = exc
+            log.exception("demo feed failed")
         finally:
             # Whatever ended the feed (the deadline, an error, a Ctrl-C that came before the
             # server was up), the server must not go on without it.
