@@ -245,3 +245,10 @@ def test_replaying_a_segment_already_written_to_parquet_adds_nothing(plant: Plan
     assert lake_files(plant.lake) == written  # no new file, no file rewritten
     plant.assert_stored_once("gw-replay", batches)
     assert plant.send(envelope("gw-replay", 0)) == DUPLICATE
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(lab: Lab) -> None:
+    lab.tenant("acme", "gateway")
+    lab.server()
+    with pytest.raises(AssertionError, match="another ironwatch server is already using"):
+        lab.server()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import logging
+import os
 import secrets
 import threading
 import time
@@ -73,6 +75,7 @@ class Pipeline:
         self._flusher: Flusher | None = None
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
+        self._lock_fd: int | None = None
 
     # life cycle --------------------------------------------------------------------------------
     @property
@@ -86,6 +89,7 @@ class Pipeline:
     def start(self) -> None:
         """Recover what the log holds, then open it for new batches."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
         checkpoint = load_checkpoint(self.state_dir)
         self.ledger.load(checkpoint["ledger"])
         self._flusher = Flusher(
@@ -146,6 +150,22 @@ class Pipeline:
             self._log.close()
         if self._flusher is not None:
             self._flusher.stop()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the lock
+            self._lock_fd = None
+
+    def _take_lock(self) -> None:
+        """One server per data directory: two writers on one log would corrupt it."""
+        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Conflict(
+                f"another ironwatch server is already using {self.state_dir.parent}; "
+                "give each server its own --data-dir"
+            ) from None
+        self._lock_fd = fd
 
     def flush(self, timeout_s: float = 60.0) -> bool:
         """Make everything acknowledged so far visible in the lake (used by tests and benchmarks)."""
