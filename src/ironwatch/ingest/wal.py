@@ -1,13 +1,15 @@
 """The write-ahead log: where an accepted batch becomes durable before it is acknowledged.
 
 Batches from every connection are appended by one writer thread that writes whatever is waiting
-and then calls ``fdatasync`` once for all of it (group commit), so concurrent requests share the cost
-of making data durable. The log is cut into segments; a closed segment is handed to the flusher,
-which turns it into Parquet files and then deletes it.
+in one synchronous write (group commit), so concurrent requests share the cost of making data
+durable. Segments are opened with ``O_DSYNC``: a write returns only once its data (and the file size)
+are on stable storage, as ``fdatasync`` after it would ensure, but in one system call, so the writer
+thread needs the GIL once less per group. The log is cut into segments; a closed segment is handed
+to the flusher, which turns it into Parquet files and then deletes it.
 
 A record on disk is ``MAGIC | u32 length | u32 crc32 | payload``. Replay stops at the first torn or
-corrupt record: only the tail after the last completed ``fdatasync`` can be torn, and nothing there
-was acknowledged.
+corrupt record: only the tail after the last completed write can be torn, and nothing there was
+acknowledged.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class Log:
     def _open(self, seq: int) -> int:
         path = self.directory / f"{seq:012d}.wal"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_DSYNC, 0o644)
             dfd = os.open(self.directory, os.O_RDONLY)
             try:
                 os.fsync(dfd)
@@ -173,9 +175,8 @@ class Log:
         data = b"".join(record for record, _ in batch)
         try:
             view = memoryview(data)
-            while view:
+            while view:  # O_DSYNC: each write returns once it is durable
                 view = view[os.write(self._fd, view) :]
-            os.fdatasync(self._fd)
         except OSError as exc:
             error = StorageError(f"cannot write the write-ahead log: {exc}")
             for _, fut in batch:
