@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -20,48 +21,36 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ironwatch.errors import InvalidInput, QueryError
+from ironwatch.lake import views
 from ironwatch.lake.root import Root
 
 FORMATS = ("csv", "json", "parquet")
-
-_EMPTY_READINGS = (
-    "SELECT NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS sensor, NULL::VARCHAR AS metric, "
-    "NULL::DOUBLE AS value, NULL::VARCHAR AS gateway, NULL::BIGINT AS batch, "
-    "NULL::TIMESTAMPTZ AS received_at, "
-    "NULL::VARCHAR AS site, NULL::DATE AS date, NULL::INTEGER AS hour WHERE false"
-)
-_EMPTY_QUARANTINE = (
-    "SELECT NULL::TIMESTAMPTZ AS received_at, NULL::VARCHAR AS transport, NULL::VARCHAR AS gateway, "
-    "NULL::VARCHAR AS site, NULL::BIGINT AS batch, NULL::BIGINT AS index, NULL::VARCHAR AS field, "
-    "NULL::VARCHAR AS reason, NULL::VARCHAR AS ts, NULL::VARCHAR AS sensor, NULL::VARCHAR AS metric, "
-    "NULL::DOUBLE AS value, NULL::VARCHAR AS raw, NULL::DATE AS date WHERE false"
-)
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _view(root: Root, prefix: str, hive_types: str, empty: str) -> str:
-    if not root.list(prefix):
-        return empty
-    glob = _quote(root.duckdb_glob(f"{prefix}/**/*.parquet"))
-    return f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, hive_types = {hive_types})"
+def connect(
+    root: Root,
+    *,
+    memory_limit: str = "512MB",
+    threads: int = 2,
+    tables: Mapping[str, pa.Table] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A sandboxed DuckDB connection with the tenant's views; nothing outside ``root`` is reachable.
 
-
-def connect(root: Root, *, memory_limit: str = "512MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
-    """A sandboxed DuckDB connection with the tenant's views; nothing outside ``root`` is reachable."""
+    ``tables`` adds in-memory views (such as ``sensors`` from the metadata database) by name.
+    """
     con = duckdb.connect(":memory:")
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute(f"SET memory_limit = {_quote(memory_limit)}")
         con.execute(f"SET threads = {int(threads)}")
-        readings = _view(
-            root, "readings", "{'site': VARCHAR, 'date': DATE, 'hour': INTEGER}", _EMPTY_READINGS
-        )
-        quarantine = _view(root, "quarantine", "{'date': DATE}", _EMPTY_QUARANTINE)
-        con.execute(f"CREATE VIEW readings AS {readings}")
-        con.execute(f"CREATE VIEW quarantine AS {quarantine}")
+        for view in views.LAKE_VIEWS:
+            con.execute(f"CREATE VIEW {view.name} AS {views.view_sql(root, view)}")
+        for name, table in (tables or {}).items():
+            con.register(name, table)
         dirs: list[str] = list(root.duckdb_dirs())
         # DuckDB lets a connection read its temporary directory (by default .tmp in the server's
         # working directory, shared by every tenant's queries), so queries do not spill to disk.
@@ -84,11 +73,12 @@ def run(
     timeout_s: float = 30.0,
     memory_limit: str = "512MB",
     max_rows: int | None = None,
+    tables: Mapping[str, pa.Table] | None = None,
 ) -> pa.Table:
     """Run one read-only SQL statement over the tenant's views and return the result as Arrow."""
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidInput("sql", "expected a non-empty SQL statement")
-    con = connect(root, memory_limit=memory_limit)
+    con = connect(root, memory_limit=memory_limit, tables=tables)
     timer = threading.Timer(timeout_s, con.interrupt)
     timer.start()
     try:
