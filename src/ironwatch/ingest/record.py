@@ -16,6 +16,11 @@ from ironwatch.ingest.validate import WAL_SCHEMA
 from ironwatch.model import QUARANTINE_SCHEMA
 
 _LEN = struct.Struct("<I")
+# Explicit options: without them pyarrow reads two environment variables on every writer it opens.
+_WRITE_OPTIONS = pa.ipc.IpcWriteOptions()
+_READ_OPTIONS = pa.ipc.IpcReadOptions()
+# Tables are immutable, so one empty table per schema serves every record (building one costs ~50 us).
+_EMPTY = {id(schema): schema.empty_table() for schema in (WAL_SCHEMA, QUARANTINE_SCHEMA)}
 
 
 @dataclasses.dataclass
@@ -36,15 +41,16 @@ def _ipc(table: pa.Table) -> bytes:
     if table.num_rows == 0:
         return b""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    with pa.ipc.new_stream(sink, table.schema, options=_WRITE_OPTIONS) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue())
 
 
 def _table(data: bytes, schema: pa.Schema) -> pa.Table:
     if not data:
-        return schema.empty_table()
-    return pa.ipc.open_stream(data).read_all()
+        empty = _EMPTY.get(id(schema))
+        return empty if empty is not None else schema.empty_table()
+    return pa.ipc.open_stream(data, options=_READ_OPTIONS).read_all()
 
 
 def encode(record: Record) -> bytes:
