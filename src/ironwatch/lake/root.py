@@ -8,11 +8,14 @@ local folder or a bucket; an S3 implementation plugs in behind the same protocol
 from __future__ import annotations
 
 import builtins
+import io
 import os
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path, PurePosixPath
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import BinaryIO, ClassVar, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from ironwatch.errors import InvalidInput, NotFound, StorageError
@@ -29,6 +32,15 @@ class Root(Protocol):
 
     def read(self, path: str) -> bytes:
         """The whole content of ``path``; :class:`NotFound` if absent."""
+
+    def write_stream(self, path: str) -> AbstractContextManager[BinaryIO]:
+        """A file to write ``path`` in pieces (``with root.write_stream(p) as f: f.write(...)``).
+
+        The file appears whole when the block ends without an exception, and not at all otherwise.
+        """
+
+    def read_stream(self, path: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The content of ``path`` in chunks; :class:`NotFound` at once (not on first use) if absent."""
 
     def exists(self, path: str) -> bool:
         """Whether a complete file is at ``path``."""
@@ -88,6 +100,40 @@ class LocalRoot:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {path} in {self.url}: {exc}") from exc
+
+    @contextmanager
+    def write_stream(self, path: str) -> Iterator[BinaryIO]:
+        target = self._path(path)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            self._make_dirs(target.parent)
+            file = open(tmp, "xb")  # noqa: SIM115 - closed below, before the rename
+        except OSError as exc:
+            raise StorageError(f"cannot write {path} in {self.url}: {exc}") from exc
+        try:
+            with file:
+                yield file  # what the caller raises passes through untouched, and nothing appears
+                try:
+                    file.flush()
+                    os.fsync(file.fileno())
+                except OSError as exc:
+                    raise StorageError(f"cannot write {path} in {self.url}: {exc}") from exc
+            try:
+                os.replace(tmp, target)
+                _fsync_dir(target.parent)
+            except OSError as exc:
+                raise StorageError(f"cannot write {path} in {self.url}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read_stream(self, path: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            file = open(self._path(path), "rb")  # noqa: SIM115 - the generator closes it
+        except FileNotFoundError as exc:
+            raise NotFound("file", path) from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {path} in {self.url}: {exc}") from exc
+        return _chunks(file, chunk_bytes)
 
     def _make_dirs(self, directory: Path) -> None:
         """Create missing folders and make their names durable too (a power cut must not lose them)."""
@@ -161,6 +207,17 @@ class MemoryRoot:
             except KeyError as exc:
                 raise NotFound("file", path) from exc
 
+    @contextmanager
+    def write_stream(self, path: str) -> Iterator[BinaryIO]:
+        name = _clean(path)
+        buffer = io.BytesIO()
+        yield buffer
+        with self._lock:
+            self._files[name] = buffer.getvalue()
+
+    def read_stream(self, path: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        return _chunks(io.BytesIO(self.read(path)), chunk_bytes)
+
     def exists(self, path: str) -> bool:
         with self._lock:
             return _clean(path) in self._files
@@ -179,6 +236,13 @@ class MemoryRoot:
 
     def duckdb_dirs(self) -> builtins.list[str]:
         return []
+
+
+def _chunks(file: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
+    """Read an open file to its end in chunks, closing it however the reading ends."""
+    with file:
+        while chunk := file.read(chunk_bytes):
+            yield chunk
 
 
 def _fsync_dir(directory: Path) -> None:
