@@ -128,6 +128,49 @@ FIELDS: tuple[Field, ...] = (
     Field("query", "timeout_s", float, 30.0, "Longest time one SQL query may run."),
     Field("query", "memory_limit", str, "512MB", "DuckDB memory limit of one SQL query."),
     Field("query", "max_rows", int, 1_000_000, "Most rows a synchronous query answer may hold."),
+    Field(
+        "health",
+        "heartbeat_interval_s",
+        float,
+        10.0,
+        "How often gateways are expected to send a heartbeat.",
+    ),
+    Field(
+        "health",
+        "offline_after_heartbeats",
+        float,
+        3.0,
+        "A gateway is offline after this many heartbeat intervals without any contact.",
+    ),
+    Field(
+        "health",
+        "silent_after_s",
+        float,
+        300.0,
+        "A sensor whose gateway is online is silent after this long without a reading.",
+    ),
+    Field("health", "rate_window_s", float, 600.0, "Window over which a sensor's actual rate is measured."),
+    Field(
+        "health",
+        "stale_ratio",
+        float,
+        0.5,
+        "A sensor is stale when its actual rate is below this fraction of its declared rate.",
+    ),
+    Field(
+        "health",
+        "default_rate_per_min",
+        float,
+        30.0,
+        "Declared readings per minute of a sensor that has no declared rate of its own.",
+    ),
+    Field(
+        "health",
+        "persist_interval_s",
+        float,
+        5.0,
+        "How often gateway and sensor health is saved to the metadata database.",
+    ),
     Field("log", "level", str, "warning", "Log level: debug, info, warning or error."),
 )
 
@@ -145,6 +188,7 @@ AuthSettings = _section_class("auth")
 MqttSettings = _section_class("mqtt")
 QuerySettings = _section_class("query")
 LogSettings = _section_class("log")
+HealthSettings = _section_class("health")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +203,7 @@ class Settings:
     mqtt: Any = dataclasses.field(default_factory=MqttSettings)
     query: Any = dataclasses.field(default_factory=QuerySettings)
     log: Any = dataclasses.field(default_factory=LogSettings)
+    health: Any = dataclasses.field(default_factory=HealthSettings)
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
@@ -287,6 +332,7 @@ def load(
         "mqtt": MqttSettings,
         "query": QuerySettings,
         "log": LogSettings,
+        "health": HealthSettings,
     }
     built = {name: cls(**sections.get(name, {})) for name, cls in classes.items()}
     return Settings(**built, origins=origins)
