@@ -171,6 +171,46 @@ FIELDS: tuple[Field, ...] = (
         5.0,
         "How often gateway and sensor health is saved to the metadata database.",
     ),
+    Field("live", "interval_s", float, 0.25, "How often a live stream sends what arrived since then."),
+    Field("live", "heartbeat_s", float, 15.0, "A quiet live stream sends a heartbeat comment this often."),
+    Field(
+        "live",
+        "queue_readings",
+        int,
+        100_000,
+        "Most readings queued for one live listener; past it readings are skipped and it is told so.",
+    ),
+    Field(
+        "live",
+        "drop_after_s",
+        float,
+        30.0,
+        "A live listener whose queue stays full this long is dropped.",
+    ),
+    Field("live", "max_listeners", int, 1000, "Most live streams open at once on one server."),
+    Field(
+        "live",
+        "recent_max_readings",
+        int,
+        1_000_000,
+        "Most acknowledged readings kept in memory until the lake has them, for fresh series.",
+    ),
+    Field("series", "max_points", int, 1000, "Points of a series when the request does not say."),
+    Field("series", "max_points_limit", int, 10_000, "Most points a series request may ask for."),
+    Field(
+        "series",
+        "raw_max_range_s",
+        float,
+        86_400.0,
+        "Longest time range a series is read from raw readings; longer ranges use rollups.",
+    ),
+    Field(
+        "series",
+        "tail_s",
+        float,
+        120.0,
+        "The newest minutes of a 1m or 1h series are computed from raw readings, not rollups.",
+    ),
     Field("log", "level", str, "warning", "Log level: debug, info, warning or error."),
 )
 
@@ -189,6 +229,8 @@ MqttSettings = _section_class("mqtt")
 QuerySettings = _section_class("query")
 LogSettings = _section_class("log")
 HealthSettings = _section_class("health")
+LiveSettings = _section_class("live")
+SeriesSettings = _section_class("series")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +246,8 @@ class Settings:
     query: Any = dataclasses.field(default_factory=QuerySettings)
     log: Any = dataclasses.field(default_factory=LogSettings)
     health: Any = dataclasses.field(default_factory=HealthSettings)
+    live: Any = dataclasses.field(default_factory=LiveSettings)
+    series: Any = dataclasses.field(default_factory=SeriesSettings)
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
@@ -333,6 +377,8 @@ def load(
         "query": QuerySettings,
         "log": LogSettings,
         "health": HealthSettings,
+        "live": LiveSettings,
+        "series": SeriesSettings,
     }
     built = {name: cls(**sections.get(name, {})) for name, cls in classes.items()}
     return Settings(**built, origins=origins)
