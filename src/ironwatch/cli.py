@@ -156,6 +156,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             args.sql,
             timeout_s=float(settings.query.timeout_s),
             memory_limit=str(settings.query.memory_limit),
+            fmt=fmt,
         )
         data = lake.query.encode(table, fmt)
     if args.output and args.output != "-":

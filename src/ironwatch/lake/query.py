@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ironwatch.errors import InvalidInput, QueryError
-from ironwatch.lake import views
+from ironwatch.lake import portable, sqlerror, views
 from ironwatch.lake.root import Root
 
 FORMATS = ("csv", "json", "parquet")
@@ -37,16 +38,20 @@ def connect(
     memory_limit: str = "512MB",
     threads: int = 2,
     tables: Mapping[str, pa.Table] | None = None,
+    is_profiled: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """A sandboxed DuckDB connection with the tenant's views; nothing outside ``root`` is reachable.
 
-    ``tables`` adds in-memory views (such as ``sensors`` from the metadata database) by name.
+    ``tables`` adds in-memory views (such as ``sensors`` from the metadata database) by name;
+    ``is_profiled`` keeps DuckDB's profile of each query in memory (for the bytes it read).
     """
     con = duckdb.connect(":memory:")
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute(f"SET memory_limit = {_quote(memory_limit)}")
         con.execute(f"SET threads = {int(threads)}")
+        if is_profiled:
+            con.execute("SET enable_profiling = 'no_output'")
         for view in views.LAKE_VIEWS:
             con.execute(f"CREATE VIEW {view.name} AS {views.view_sql(root, view)}")
         for name, table in (tables or {}).items():
@@ -66,6 +71,109 @@ def connect(
     return con
 
 
+class Stream:
+    """A running query's answer as Arrow record batches, with DuckDB's errors translated.
+
+    :func:`stream` makes one. Iterating yields the batches; :meth:`stop` (from any thread) ends the
+    query, and the iteration then raises a :class:`QueryError` that says so.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sql: str, timeout_s: float, memory_limit: str) -> None:
+        self._con = con
+        self.sql = sql
+        self.timeout_s = timeout_s
+        self.memory_limit = memory_limit
+        self.schema = pa.schema([])
+        self.is_timed_out = False
+        self.is_stopped = False
+        self._reader: pa.RecordBatchReader | None = None
+
+    def stop(self) -> None:
+        """Stop the query (a cancel); safe to call from another thread, and more than once."""
+        self.is_stopped = True
+        self._con.interrupt()
+
+    def _time_out(self) -> None:
+        self.is_timed_out = True
+        self._con.interrupt()
+
+    def _start(self, fmt: str | None, batch_rows: int) -> None:
+        try:
+            statements = self._con.extract_statements(self.sql)
+            if len(statements) != 1:
+                raise QueryError(f"expected one SQL statement, got {len(statements)}")
+            if statements[0].type not in {duckdb.StatementType.SELECT}:
+                raise QueryError(f"only SELECT statements may run, not {statements[0].type.name}")
+            relation = self._con.sql(self.sql)  # a DB-API result warns on Arrow output in DuckDB 2
+            if fmt is not None:
+                relation = portable.project(relation, fmt)
+            self._reader = relation.to_arrow_reader(batch_size=batch_rows)
+            self.schema = self._reader.schema
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:
+            raise self._error(exc) from exc
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        assert self._reader is not None, "a Stream is made by stream()"
+        try:
+            yield from self._reader
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: BaseException) -> QueryError:
+        # An interrupt comes as InterruptException, or through the Arrow stream as an OSError.
+        if self.is_stopped:
+            return QueryError("the query was cancelled", {"cancelled": True})
+        if self.is_timed_out:
+            return QueryError(
+                f"query ran longer than {self.timeout_s:g} s and was stopped (query time limit)",
+                {"timeout_s": self.timeout_s},
+            )
+        return sqlerror.translate(exc, self.sql, memory_limit=self.memory_limit)
+
+    def bytes_scanned(self) -> int | None:
+        """Bytes DuckDB read from storage for this query (its profile's ``io.total_bytes_read``).
+
+        Known only after the last batch, and only for a stream opened with ``is_profiled``.
+        """
+        try:
+            profile = orjson.loads(self._con.get_profiling_information(format="json"))
+            return int(profile["io"]["total_bytes_read"])
+        except (duckdb.Error, AttributeError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+            return None
+
+
+@contextmanager
+def stream(
+    root: Root,
+    sql: str,
+    *,
+    timeout_s: float = 30.0,
+    memory_limit: str = "512MB",
+    tables: Mapping[str, pa.Table] | None = None,
+    fmt: str | None = None,
+    batch_rows: int = 100_000,
+    is_profiled: bool = False,
+) -> Iterator[Stream]:
+    """Run one read-only SQL statement over the tenant's views, yielding its answer as a :class:`Stream`.
+
+    With ``fmt``, columns that format cannot hold come out as text (see :mod:`portable`). The time
+    limit covers the whole iteration; the sandbox closes when the block ends.
+    """
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidInput("sql", "expected a non-empty SQL statement")
+    con = connect(root, memory_limit=memory_limit, tables=tables, is_profiled=is_profiled)
+    answer = Stream(con, sql, timeout_s, memory_limit)
+    timer = threading.Timer(timeout_s, answer._time_out)
+    timer.daemon = True
+    timer.start()
+    try:
+        answer._start(fmt, batch_rows)
+        yield answer
+    finally:
+        timer.cancel()
+        con.close()
+
+
 def run(
     root: Root,
     sql: str,
@@ -74,60 +182,59 @@ def run(
     memory_limit: str = "512MB",
     max_rows: int | None = None,
     tables: Mapping[str, pa.Table] | None = None,
+    fmt: str | None = None,
 ) -> pa.Table:
-    """Run one read-only SQL statement over the tenant's views and return the result as Arrow."""
-    if not isinstance(sql, str) or not sql.strip():
-        raise InvalidInput("sql", "expected a non-empty SQL statement")
-    con = connect(root, memory_limit=memory_limit, tables=tables)
-    timer = threading.Timer(timeout_s, con.interrupt)
-    timer.start()
-    try:
-        statements = con.extract_statements(sql)
-        if len(statements) != 1:
-            raise QueryError(f"expected one SQL statement, got {len(statements)}")
-        if statements[0].type not in {duckdb.StatementType.SELECT}:
-            raise QueryError(f"only SELECT statements may run, not {statements[0].type.name}")
-        result = con.sql(sql)  # a DB-API result warns on Arrow output in DuckDB 2
-        if max_rows is None:
-            return result.to_arrow_table()
-        reader: pa.RecordBatchReader = result.to_arrow_reader(batch_size=min(max_rows + 1, 100_000))
+    """Run one read-only SQL statement over the tenant's views and return the result as Arrow.
+
+    ``max_rows`` refuses larger answers (a :class:`QueryError` that suggests a query job); ``fmt``
+    casts the columns that format cannot hold to text.
+    """
+    batch_rows = min(max_rows + 1, 100_000) if max_rows is not None else 100_000
+    with stream(
+        root,
+        sql,
+        timeout_s=timeout_s,
+        memory_limit=memory_limit,
+        tables=tables,
+        fmt=fmt,
+        batch_rows=batch_rows,
+    ) as answer:
         batches: list[pa.RecordBatch] = []
         rows = 0
-        for batch in reader:
+        for batch in answer:
             batches.append(batch)
             rows += batch.num_rows
-            if rows > max_rows:
+            if max_rows is not None and rows > max_rows:
                 raise QueryError(
                     f"the answer has more than {max_rows} rows; add a LIMIT or use a query job",
                     {"max_rows": max_rows},
                 )
-        return pa.Table.from_batches(batches, schema=reader.schema)
-    except duckdb.InterruptException as exc:
-        raise QueryError(
-            f"query ran longer than {timeout_s:g} s and was stopped", {"timeout_s": timeout_s}
-        ) from exc
-    except duckdb.Error as exc:
-        raise QueryError(str(exc).strip(), {"duckdb": type(exc).__name__}) from exc
-    finally:
-        timer.cancel()
-        con.close()
+        return pa.Table.from_batches(batches, schema=answer.schema)
 
 
 def encode(table: pa.Table, fmt: str) -> bytes:
-    """Serialise a query result as ``csv``, ``json`` (columns and rows) or ``parquet``."""
-    if fmt == "csv":
-        sink = io.BytesIO()
-        pacsv.write_csv(table, sink)
-        return sink.getvalue()
-    if fmt == "json":
-        return orjson.dumps(
-            to_json(table), default=_json_value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC
-        )
-    if fmt == "parquet":
+    """Serialise a query result as ``csv``, ``json`` (columns and rows) or ``parquet``.
+
+    Run the query with the same ``fmt`` so that every column can be written; a column that still
+    cannot is a :class:`QueryError` (400) that names it, never a server error.
+    """
+    if fmt not in FORMATS:
+        raise InvalidInput("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    try:
+        if fmt == "csv":
+            sink = io.BytesIO()
+            pacsv.write_csv(table, sink)
+            return sink.getvalue()
+        if fmt == "json":
+            return orjson.dumps(
+                to_json(table), default=_json_value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC
+            )
         out = pa.BufferOutputStream()
         pq.write_table(table, out, compression="zstd")
         return bytes(out.getvalue())
-    raise InvalidInput("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    except (pa.ArrowException, orjson.JSONEncodeError) as exc:
+        types = ", ".join(f"{f.name} {f.type}" for f in table.schema)
+        raise QueryError(f"the answer cannot be written as {fmt} ({types}): {exc}", {"format": fmt}) from exc
 
 
 def _json_value(value: Any) -> Any:
@@ -143,7 +250,7 @@ def _json_value(value: Any) -> Any:
 
 def to_json(table: pa.Table) -> dict[str, Any]:
     """``{"columns": [...], "types": [...], "rows": [[...], ...], "row_count": n}``."""
-    columns = [c.to_pylist() for c in table.columns]
+    columns = [_pylist(c) for c in table.columns]
     rows = [list(r) for r in zip(*columns, strict=True)] if columns else []
     return {
         "columns": table.column_names,
@@ -151,3 +258,20 @@ def to_json(table: pa.Table) -> dict[str, Any]:
         "rows": rows,
         "row_count": table.num_rows,
     }
+
+
+def _pylist(column: pa.ChunkedArray) -> list[Any]:
+    """Python values of a column; DuckDB's infinite dates and timestamps, which Python cannot hold,
+    become ``"infinity"`` and ``"-infinity"``."""
+    try:
+        return list(column.to_pylist())
+    except (OverflowError, ValueError):
+        values: list[Any] = []
+        for scalar in column:
+            try:
+                values.append(scalar.as_py())
+            except (OverflowError, ValueError):
+                storage = pa.int32() if pa.types.is_date32(scalar.type) else pa.int64()
+                raw = scalar.cast(storage).as_py() if scalar.is_valid else None
+                values.append("infinity" if raw is not None and raw > 0 else "-infinity")
+        return values

@@ -46,6 +46,7 @@ async def query(request: Request) -> Response:
             timeout_s=float(settings.timeout_s),
             memory_limit=str(settings.memory_limit),
             max_rows=int(settings.max_rows),
+            fmt=fmt,
         )
         return lake.query.encode(table, fmt)
 
