@@ -94,6 +94,7 @@ class Flusher:
         ledger: Ledger,
         discover: Callable[[str, str, list[str], str | None], None],
         on_written: Callable[[int, int], None] = lambda files, size: None,
+        on_flushed: Callable[[int], None] = lambda seq: None,
         compression_level: int = 3,
     ) -> None:
         self.state_dir = state_dir
@@ -102,6 +103,7 @@ class Flusher:
         self._ledger = ledger
         self._discover = discover
         self._on_written = on_written
+        self._on_flushed = on_flushed
         self._compression_level = compression_level
         self._queue: queue.Queue[Segment | None] = queue.Queue()
         self._pending_bytes = 0
@@ -188,6 +190,7 @@ class Flusher:
         _write_checkpoint(self.state_dir, {"flushed_seq": segment.seq, "ledger": self._ledger.snapshot()})
         segment.path.unlink(missing_ok=True)
         self._on_written(files, size)
+        self._on_flushed(segment.seq)
 
     def _discover_sensors(self, tenant: str, table: pa.Table) -> None:
         pairs = (

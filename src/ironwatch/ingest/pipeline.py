@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from ironwatch import lake
+from ironwatch import lake, live
 from ironwatch.config import Settings
 from ironwatch.errors import Conflict, Forbidden, IronwatchError, Unavailable
 from ironwatch.ingest import record as records
@@ -56,13 +56,18 @@ class _Admitted:
     checked: Checked
     payload: bytes
     started: float
+    site: str
 
 
 class Pipeline:
     """Owns the write-ahead log, the batch ledger and the flusher of one server."""
 
-    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, metrics: Metrics, bus: live.Bus | None = None
+    ) -> None:
         self.settings = settings
+        #: Acknowledged readings are published here (recent buffer, live streams).
+        self.bus = bus if bus is not None else live.Bus(live.Recent())
         self.store = store
         self.metrics = metrics
         self.state_dir: Path = settings.data_dir / "wal"
@@ -99,6 +104,7 @@ class Pipeline:
             ledger=self.ledger,
             discover=self._discover,
             on_written=self._on_written,
+            on_flushed=self.bus.recent.segment_flushed,
             compression_level=self.settings.lake.compression_level,
         )
         last_seq = int(checkpoint["flushed_seq"])
@@ -121,7 +127,7 @@ class Pipeline:
         self._log = Log(
             self.state_dir,
             segment_max_bytes=self.settings.lake.segment_max_bytes,
-            on_closed=self._flusher.submit,
+            on_closed=self._segment_closed,
             first_seq=last_seq + 1,
         )
         self.metrics.watch_queue(
@@ -223,6 +229,11 @@ class Pipeline:
             self.store.discover_sensors(tenant, site, new, gateway)
             known.update(new)
 
+    def _segment_closed(self, segment: Segment) -> None:
+        self.bus.recent.segment_closed(segment.seq)
+        assert self._flusher is not None
+        self._flusher.submit(segment)
+
     def _on_written(self, files: int, size_bytes: int) -> None:
         self.metrics.lake_files_written.inc(files)
         self.metrics.lake_bytes_flushed.inc(size_bytes)
@@ -263,7 +274,11 @@ class Pipeline:
             checked.quarantine,
         )
         return _Admitted(
-            (principal.tenant, decoded.gateway, decoded.batch), checked, records.encode(rec), started
+            (principal.tenant, decoded.gateway, decoded.batch),
+            checked,
+            records.encode(rec),
+            started,
+            decoded.site,
         )
 
     def _append(self, admitted: _Admitted) -> Future[None]:
@@ -279,6 +294,13 @@ class Pipeline:
         self.metrics.batches.labels(transport, "stored").inc()
         self.metrics.ack_seconds.labels(transport).observe(time.perf_counter() - admitted.started)
         return Outcome(checked.accepted, checked.rejected, False, checked.errors)
+
+    def _publish(self, admitted: _Admitted) -> None:
+        """Hand a durable batch to the live bus, before it is acknowledged (so series show it)."""
+        try:
+            self.bus.publish(admitted.key[0], admitted.site, admitted.checked.good)
+        except Exception:  # the batch is durable: its acknowledgement must not fail for this
+            log.exception("live bus: cannot publish batch %s of gateway %s", admitted.key[2], admitted.key[1])
 
     def _duplicate(self, transport: str) -> Outcome:
         self.metrics.readings_duplicate.labels(transport).inc()
@@ -330,6 +352,7 @@ class Pipeline:
                 result.set_exception(error)
                 return
             self.ledger.commit(admitted.key)
+            self._publish(admitted)
             result.set_result(self._done(admitted, transport))
 
         written.add_done_callback(finish)

@@ -1,6 +1,6 @@
 """The data lake: storage roots by URL, the partition layout, Parquet writing and sandboxed SQL."""
 
-from ironwatch.lake import query
+from ironwatch.lake import query, series
 from ironwatch.lake.layout import (
     quarantine_path,
     readings_path,
@@ -17,6 +17,7 @@ __all__ = [
     "quarantine_path",
     "query",
     "readings_path",
+    "series",
     "write_quarantine",
     "write_readings",
 ]

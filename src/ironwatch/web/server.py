@@ -44,6 +44,11 @@ async def serve_async(settings: Settings, on_ready: object = None) -> None:
     print(f"ironwatch listening on http://{host}:{port}", flush=True)
     if callable(on_ready):
         on_ready(f"http://{host}:{port}")
+    while not task.done() and not server.should_exit:
+        await asyncio.wait({task}, timeout=0.1)
+    # uvicorn waits for every response to finish before it stops, and live streams never finish
+    # by themselves: tell them to end.
+    app.state.services.streams.close()
     await task
 
 

@@ -6,8 +6,10 @@ import dataclasses
 import logging
 from typing import Any
 
+from ironwatch import live
 from ironwatch.config import Settings
 from ironwatch.ingest import Metrics, Pipeline
+from ironwatch.model import utc_now_us
 from ironwatch.store import Store
 from ironwatch.web.auth import Authenticator
 
@@ -24,13 +26,26 @@ class Services:
     pipeline: Pipeline
     auth: Authenticator
     mqtt: Any = None
+    series: Any = None  # live.Series
+    streams: Any = None  # live.Streams
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         store = Store(settings.store_url)
         metrics = Metrics()
-        pipeline = Pipeline(settings, store, metrics)
-        return cls(settings, store, metrics, pipeline, Authenticator(store, float(settings.auth.key_cache_s)))
+        recent = live.Recent(int(settings.live.recent_max_readings))
+        bus = live.Bus(
+            recent,
+            max_readings=int(settings.live.queue_readings),
+            drop_after_s=float(settings.live.drop_after_s),
+        )
+        pipeline = Pipeline(settings, store, metrics, bus)
+        services = cls(
+            settings, store, metrics, pipeline, Authenticator(store, float(settings.auth.key_cache_s))
+        )
+        services.series = live.Series(settings, pipeline.root_of, recent, utc_now_us)
+        services.streams = live.Streams(bus, settings, utc_now_us)
+        return services
 
     def start(self) -> None:
         self.pipeline.start()

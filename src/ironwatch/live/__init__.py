@@ -1,0 +1,18 @@
+"""Fresh data: the live bus fed by ingest, the recent buffer, live streams (SSE) and series."""
+
+from ironwatch.live.bus import Bus, Filter, Subscription
+from ironwatch.live.recent import Recent
+from ironwatch.live.series import Request, Series, parse_time
+from ironwatch.live.stream import MinuteRollups, Streams
+
+__all__ = [
+    "Bus",
+    "Filter",
+    "MinuteRollups",
+    "Recent",
+    "Request",
+    "Series",
+    "Streams",
+    "Subscription",
+    "parse_time",
+]
