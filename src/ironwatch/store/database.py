@@ -343,6 +343,7 @@ class Store:
                 "status": r.status,
                 "first_seen_at": (_utc(r.first_seen_at) or _now()).isoformat(),
                 "first_gateway": r.first_gateway,
+                "declared_rate_per_min": r.declared_rate_per_min,
             }
             for r in rows
         ]

@@ -51,6 +51,37 @@ sensors = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("first_gateway", sa.String(64)),
+    # Added by migration 2; null means the setting health.default_rate_per_min.
+    sa.Column("declared_rate_per_min", sa.Float),
+)
+
+#: What the health tracker knows of each gateway beyond the gateways table (times in epoch µs).
+gateway_health = sa.Table(
+    "gateway_health",
+    metadata,
+    sa.Column("tenant", sa.String(64), sa.ForeignKey("tenants.name"), primary_key=True),
+    sa.Column("gateway", sa.String(64), primary_key=True),
+    sa.Column("site", sa.String(64), nullable=False),
+    sa.Column("last_seen_us", sa.BigInteger),
+    sa.Column("last_batch_at_us", sa.BigInteger),
+    sa.Column("observed_batches", sa.JSON),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Per-sensor reading statistics of the health tracker (times in epoch µs).
+sensor_health = sa.Table(
+    "sensor_health",
+    metadata,
+    sa.Column("tenant", sa.String(64), sa.ForeignKey("tenants.name"), primary_key=True),
+    sa.Column("site", sa.String(64), primary_key=True),
+    sa.Column("sensor", sa.String(64), primary_key=True),
+    sa.Column("gateway", sa.String(64)),
+    sa.Column("first_ts_us", sa.BigInteger),
+    sa.Column("last_ts_us", sa.BigInteger),
+    sa.Column("last_received_us", sa.BigInteger),
+    sa.Column("readings", sa.BigInteger, nullable=False),
+    sa.Column("window", sa.JSON),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 schema_version = sa.Table(
@@ -66,5 +97,16 @@ def _v1(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v2(conn: sa.Connection) -> None:
+    """Declared sensor rates and the health tracker's tables."""
+    # Migration 1 creates the tables from the definitions above, so a database created after the
+    # column was declared already has it.
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("sensors")}
+    if "declared_rate_per_min" not in columns:
+        conn.execute(sa.text("ALTER TABLE sensors ADD COLUMN declared_rate_per_min FLOAT"))
+    for table in (gateway_health, sensor_health):
+        table.create(conn, checkfirst=True)
+
+
 #: Migration n+1 is MIGRATIONS[n]; a migration never changes once released, later ones are appended.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2]
