@@ -25,6 +25,7 @@ from ironwatch.errors import Conflict, Forbidden, IronwatchError, Unavailable
 from ironwatch.ingest import record as records
 from ironwatch.ingest.decode import decode
 from ironwatch.ingest.flusher import Flusher, load_checkpoint
+from ironwatch.ingest.health import Tracker
 from ironwatch.ingest.ledger import Key, Ledger
 from ironwatch.ingest.metrics import Metrics
 from ironwatch.ingest.validate import WAL_SCHEMA, Checked, check, whole_message
@@ -72,6 +73,8 @@ class Pipeline:
         self.metrics = metrics
         self.state_dir: Path = settings.data_dir / "wal"
         self.ledger = Ledger()
+        #: Gateway and sensor health, fed with every durable batch and heartbeat.
+        self.health = Tracker(settings, store, self.ledger)
         self._roots: dict[str, lake.Root] = {}
         self._gateways: dict[tuple[str, str], str] = {}
         self._known_sensors: dict[tuple[str, str], set[str]] = {}
@@ -97,6 +100,7 @@ class Pipeline:
         self._take_lock()
         checkpoint = load_checkpoint(self.state_dir)
         self.ledger.load(checkpoint["ledger"])
+        self.health.load()
         self._flusher = Flusher(
             state_dir=self.state_dir,
             writer_id=self.writer_id,
@@ -119,11 +123,15 @@ class Pipeline:
                 rec = records.decode(payload)
                 if rec.batch is not None and rec.gateway is not None:
                     self.ledger.mark((rec.tenant, rec.gateway, rec.batch))
+                    self.health.replay(
+                        rec.tenant, rec.gateway, rec.batch, rec.site or "", rec.good, rec.received_at_us
+                    )
                 recovered += 1
             self._flusher.submit(Segment(seq, path, path.stat().st_size))
         if recovered:
             log.warning("recovered %d batches from the write-ahead log", recovered)
         self._flusher.start()
+        self.health.start()
         self._log = Log(
             self.state_dir,
             segment_max_bytes=self.settings.lake.segment_max_bytes,
@@ -156,6 +164,7 @@ class Pipeline:
             self._log.close()
         if self._flusher is not None:
             self._flusher.stop()
+        self.health.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the lock
             self._lock_fd = None
@@ -325,6 +334,7 @@ class Pipeline:
         result: Future[Outcome] = Future()
         state, pending = self.ledger.reserve(admitted.key)
         if state == "duplicate":
+            self.health.contact(principal.tenant, admitted.key[1], admitted.site)
             result.set_result(self._duplicate(transport))
             return result
         if state == "in_flight":
@@ -352,6 +362,7 @@ class Pipeline:
                 result.set_exception(error)
                 return
             self.ledger.commit(admitted.key)
+            self.health.batch(*admitted.key, admitted.site, admitted.checked.good)
             self._publish(admitted)
             result.set_result(self._done(admitted, transport))
 
@@ -362,6 +373,7 @@ class Pipeline:
         """Keep a checked heartbeat as the gateway's latest state."""
         self._check_gateway(tenant, beat["gateway"], beat["site"], may_register=may_register)
         self.store.record_heartbeat(tenant, beat["gateway"], beat)
+        self.health.heartbeat(tenant, beat)
 
     def quarantine_message(
         self, tenant: str, payload: bytes, reason: str, transport: str, topic: str | None = None

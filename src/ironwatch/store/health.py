@@ -84,13 +84,13 @@ def save_health(store: Store, gateways: list[SavedGateway], sensors: list[SavedS
             _upsert(
                 conn,
                 schema.gateway_health,
-                [{**dataclasses.asdict(g), "updated_at": now} for g in gateways],
+                [{**vars(g), "updated_at": now} for g in gateways],
             )
         if sensors:
             _upsert(
                 conn,
                 schema.sensor_health,
-                [{**dataclasses.asdict(s), "updated_at": now} for s in sensors],
+                [{**vars(s), "updated_at": now} for s in sensors],
             )
 
 
