@@ -128,6 +128,9 @@ FIELDS: tuple[Field, ...] = (
     Field("query", "timeout_s", float, 30.0, "Longest time one SQL query may run."),
     Field("query", "memory_limit", str, "512MB", "DuckDB memory limit of one SQL query."),
     Field("query", "max_rows", int, 1_000_000, "Most rows a synchronous query answer may hold."),
+    Field("query", "workers", int, 2, "Query jobs that run at the same time (the rest wait in the queue)."),
+    Field("query", "max_jobs", int, 20, "Most query jobs one tenant may have queued or running."),
+    Field("query", "job_timeout_s", float, 600.0, "Longest time one query job may run."),
     Field(
         "health",
         "heartbeat_interval_s",

@@ -149,3 +149,11 @@ class Unavailable(IronwatchError):
     status = 503
     code = "unavailable"
     retryable = True
+
+
+class TooManyRequests(IronwatchError):
+    """The caller has too much under way already (queued query jobs); retry once some finish."""
+
+    status = 429
+    code = "too_many"
+    retryable = True

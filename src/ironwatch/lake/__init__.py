@@ -1,6 +1,6 @@
 """The data lake: storage roots by URL, the partition layout, Parquet writing and sandboxed SQL."""
 
-from ironwatch.lake import query, series
+from ironwatch.lake import jobs, query, series
 from ironwatch.lake.layout import (
     quarantine_path,
     readings_path,
@@ -13,6 +13,7 @@ __all__ = [
     "LocalRoot",
     "MemoryRoot",
     "Root",
+    "jobs",
     "open_root",
     "quarantine_path",
     "query",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
@@ -99,6 +99,7 @@ class Stream:
 
     def _start(self, fmt: str | None, batch_rows: int) -> None:
         try:
+            self._check()
             statements = self._con.extract_statements(self.sql)
             if len(statements) != 1:
                 raise QueryError(f"expected one SQL statement, got {len(statements)}")
@@ -109,15 +110,23 @@ class Stream:
                 relation = portable.project(relation, fmt)
             self._reader = relation.to_arrow_reader(batch_size=batch_rows)
             self.schema = self._reader.schema
+            self._check()
         except (duckdb.Error, pa.ArrowException, OSError) as exc:
             raise self._error(exc) from exc
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         assert self._reader is not None, "a Stream is made by stream()"
         try:
-            yield from self._reader
+            for batch in self._reader:
+                self._check()
+                yield batch
         except (duckdb.Error, pa.ArrowException, OSError) as exc:
             raise self._error(exc) from exc
+
+    def _check(self) -> None:
+        # An interrupt that comes while DuckDB is between two steps would be lost: check by hand too.
+        if self.is_stopped or self.is_timed_out:
+            raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
 
     def _error(self, exc: BaseException) -> QueryError:
         # An interrupt comes as InterruptException, or through the Arrow stream as an OSError.
@@ -153,11 +162,14 @@ def stream(
     fmt: str | None = None,
     batch_rows: int = 100_000,
     is_profiled: bool = False,
+    on_open: Callable[[Stream], None] | None = None,
 ) -> Iterator[Stream]:
     """Run one read-only SQL statement over the tenant's views, yielding its answer as a :class:`Stream`.
 
     With ``fmt``, columns that format cannot hold come out as text (see :mod:`portable`). The time
-    limit covers the whole iteration; the sandbox closes when the block ends.
+    limit covers the whole iteration; the sandbox closes when the block ends. ``on_open`` gets the
+    stream before the query starts, so that another thread can stop it even while DuckDB works on
+    the first batch.
     """
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidInput("sql", "expected a non-empty SQL statement")
@@ -167,6 +179,8 @@ def stream(
     timer.daemon = True
     timer.start()
     try:
+        if on_open is not None:
+            on_open(answer)
         answer._start(fmt, batch_rows)
         yield answer
     finally:

@@ -1,4 +1,4 @@
-"""Metadata database: tenants, API keys, gateways, sensors (SQLite by default, PostgreSQL to scale)."""
+"""Metadata database: tenants, keys, gateways, sensors, query jobs (SQLite, or PostgreSQL for scale)."""
 
 from ironwatch.store.database import KEY_PREFIX, ApiKey, Gateway, Store, Tenant, hash_secret
 from ironwatch.store.health import (
@@ -9,11 +9,14 @@ from ironwatch.store.health import (
     save_health,
     set_declared_rate,
 )
+from ironwatch.store.queries import QueryJob, QueryRecords
 
 __all__ = [
     "KEY_PREFIX",
     "ApiKey",
     "Gateway",
+    "QueryJob",
+    "QueryRecords",
     "SavedGateway",
     "SavedSensor",
     "Store",

@@ -84,6 +84,27 @@ sensor_health = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+#: Query jobs (``POST /api/v1/queries``): what ran, how it ended; results are in the tenant root.
+queries = sa.Table(
+    "queries",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tenant", sa.String(64), sa.ForeignKey("tenants.name"), nullable=False),
+    sa.Column("sql", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("bytes_scanned", sa.BigInteger),
+    sa.Column("result_bytes", sa.BigInteger),
+    sa.Column("error", sa.JSON),
+    sa.Index("ix_queries_tenant_created", "tenant", "created_at"),
+    sa.Index("ix_queries_owner_status", "owner", "status"),
+)
+
 schema_version = sa.Table(
     "schema_version",
     metadata,
@@ -108,5 +129,10 @@ def _v2(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v3(conn: sa.Connection) -> None:
+    """Query jobs."""
+    queries.create(conn, checkfirst=True)
+
+
 #: Migration n+1 is MIGRATIONS[n]; a migration never changes once released, later ones are appended.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3]

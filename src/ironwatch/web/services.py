@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from ironwatch import live
+from ironwatch import lake, live
 from ironwatch.config import Settings
 from ironwatch.ingest import Metrics, Pipeline
 from ironwatch.model import utc_now_us
@@ -28,6 +28,7 @@ class Services:
     mqtt: Any = None
     series: Any = None  # live.Series
     streams: Any = None  # live.Streams
+    jobs: Any = None  # lake.jobs.Runner
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -45,10 +46,12 @@ class Services:
         )
         services.series = live.Series(settings, pipeline.root_of, recent, utc_now_us)
         services.streams = live.Streams(bus, settings, utc_now_us)
+        services.jobs = lake.jobs.Runner(settings, store, pipeline.root_of)
         return services
 
     def start(self) -> None:
         self.pipeline.start()
+        self.jobs.start()
         if self.settings.mqtt.url:
             from ironwatch.ingest.mqtt import Subscriber
 
@@ -58,5 +61,6 @@ class Services:
     def stop(self) -> None:
         if self.mqtt is not None:
             self.mqtt.stop()
+        self.jobs.stop()
         self.pipeline.stop()
         self.store.close()
