@@ -89,7 +89,8 @@ def _gateway_row(tracker: Tracker, tenant: str, g: Gateway, state: GatewayState 
         "backlog": backlog,
         "has_backlog": bool(undelivered or (beat and beat.get("buffer_depth"))),
         "last_heartbeat": beat,
-        "last_heartbeat_at_us": (state.heartbeat_at_us if state else None) or registered_seen,
+        # The gateways table keeps the time of every heartbeat, so it survives any restart.
+        "last_heartbeat_at_us": registered_seen or (state.heartbeat_at_us if state else None),
         "registered_at_us": int(g.registered_at.timestamp() * 1e6),
         "registered_by": g.registered_by,
     }

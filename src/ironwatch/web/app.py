@@ -10,7 +10,7 @@ from fastapi import FastAPI
 import ironwatch
 from ironwatch.config import Settings
 from ironwatch.web import errors
-from ironwatch.web.routes import admin, health, ingest, queries, query, series
+from ironwatch.web.routes import admin, gateways, health, ingest, queries, query, series
 from ironwatch.web.services import Services
 
 
@@ -36,6 +36,14 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for router in (health.router, ingest.router, query.router, queries.router, admin.router, series.router):
+    for router in (
+        health.router,
+        ingest.router,
+        query.router,
+        queries.router,
+        admin.router,
+        series.router,
+        gateways.router,
+    ):
         app.include_router(router)
     return app

@@ -1,4 +1,4 @@
-"""Tenant administration over the API: who am I, keys, gateways and discovered sensors."""
+"""Tenant administration over the API: who am I, keys, and registering gateways."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from ironwatch.errors import InvalidInput
 from ironwatch.web import body
-from ironwatch.web.auth import ADMINS, READERS
+from ironwatch.web.auth import ADMINS
 from ironwatch.web.services import Services
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
@@ -84,27 +84,6 @@ async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
     return {"id": key.id, "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None}
 
 
-@router.get("/gateways")
-async def list_gateways(request: Request) -> dict[str, Any]:
-    """Gateways of the caller's tenant with their latest heartbeat."""
-    services = _services(request)
-    p = services.auth.require(request, *READERS)
-    return {
-        "gateways": [
-            {
-                "gateway": g.gateway,
-                "site": g.site,
-                "registered_at": g.registered_at.isoformat(),
-                "registered_by": g.registered_by,
-                "last_seen_at": g.last_seen_at.isoformat() if g.last_seen_at else None,
-                "last_heartbeat": g.last_heartbeat,
-                "received_batches": services.pipeline.ledger.ranges(p.tenant, g.gateway).ranges(),
-            }
-            for g in services.store.gateways(p.tenant)
-        ]
-    }
-
-
 @router.post("/gateways", status_code=201)
 async def add_gateway(request: Request) -> dict[str, Any]:
     """Register a gateway to a site: ``{"gateway", "site"}``."""
@@ -113,11 +92,3 @@ async def add_gateway(request: Request) -> dict[str, Any]:
     doc = await body.read_json(request, 64 * 1024)
     g = services.store.add_gateway(p.tenant, doc.get("gateway"), doc.get("site"))  # type: ignore[arg-type]
     return {"gateway": g.gateway, "site": g.site}
-
-
-@router.get("/sensors")
-async def list_sensors(request: Request, site: str | None = None) -> dict[str, Any]:
-    """Sensors of the caller's tenant, as discovered from their readings."""
-    services = _services(request)
-    p = services.auth.require(request, *READERS)
-    return {"sensors": services.store.sensors(p.tenant, site)}

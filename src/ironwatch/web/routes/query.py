@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from ironwatch import lake
 from ironwatch.errors import InvalidInput
+from ironwatch.ingest import health_report
 from ironwatch.web import body
 from ironwatch.web.auth import ANALYSTS
 from ironwatch.web.services import Services
@@ -24,7 +25,7 @@ MEDIA = {
 
 @router.post("/query", response_model=None)
 async def query(request: Request) -> Response:
-    """Run one SELECT over the views ``readings`` and ``quarantine`` of the caller's tenant.
+    """Run one SELECT over the caller's views: ``readings``, ``quarantine``, ``sensors``, ``gateways``.
 
     Body: ``{"sql": "SELECT ...", "format": "csv" | "json" | "parquet"}`` (default json).
     """
@@ -40,9 +41,11 @@ async def query(request: Request) -> Response:
     settings = services.settings.query
 
     def work() -> bytes:
+        tables = health_report.sql_tables(services.store, principal.tenant, services.pipeline.health)
         table = lake.query.run(
             root,
             sql,
+            tables=tables,
             timeout_s=float(settings.timeout_s),
             memory_limit=str(settings.memory_limit),
             max_rows=int(settings.max_rows),
