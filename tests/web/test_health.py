@@ -292,6 +292,16 @@ def test_tenants_never_see_each_others_gateways_or_sensors(lab: Lab) -> None:
             "SELECT s.sensor, count(*) FROM sensors s JOIN gateways g USING (gateway, site) GROUP BY 1",
         )
         assert {r[0] for r in joined} == sensors
+        with server.client(analyst) as client:  # query jobs see the same views
+            submitted = client.post("/api/v1/queries", json={"sql": "SELECT sensor FROM sensors ORDER BY 1"})
+            assert submitted.status_code == 202, submitted.text
+            path = f"/api/v1/queries/{submitted.json()['id']}"
+            done = lambda job=path: client.get(job).json()["status"] == "succeeded"  # noqa: E731
+            wait_until(done, what="the query job")
+            assert client.get(f"{path}/result").text.split() == [
+                '"sensor"',
+                *(f'"{s}"' for s in sorted(sensors)),
+            ]
     with server.client(acme2.keys["viewer"]) as other:
         missing = other.get("/api/v1/gateways/gw-acme")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

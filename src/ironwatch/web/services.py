@@ -8,7 +8,7 @@ from typing import Any
 
 from ironwatch import lake, live
 from ironwatch.config import Settings
-from ironwatch.ingest import Metrics, Pipeline
+from ironwatch.ingest import Metrics, Pipeline, health_report
 from ironwatch.model import utc_now_us
 from ironwatch.store import Store
 from ironwatch.web.auth import Authenticator
@@ -46,7 +46,12 @@ class Services:
         )
         services.series = live.Series(settings, pipeline.root_of, recent, utc_now_us)
         services.streams = live.Streams(bus, settings, utc_now_us)
-        services.jobs = lake.jobs.Runner(settings, store, pipeline.root_of)
+        services.jobs = lake.jobs.Runner(
+            settings,
+            store,
+            pipeline.root_of,
+            tables_of=lambda tenant: health_report.sql_tables(store, tenant, pipeline.health),
+        )
         return services
 
     def start(self) -> None:
