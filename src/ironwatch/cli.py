@@ -9,14 +9,13 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ironwatch import __version__, config
-from ironwatch.errors import InvalidInput, IronwatchError
+from ironwatch.errors import InvalidInput, IronwatchError, QueryError
 from ironwatch.logs import setup as setup_logging
 from ironwatch.model import Role
 
@@ -142,7 +141,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     if url:
         if not key:
             raise InvalidInput("--key", "a server query needs --key or IRONWATCH_KEY")
-        data = _remote_query(url, key, args.sql, fmt)
+        return _query_server(args, url, key, fmt)
+    if args.job:
+        raise InvalidInput("--job", "query jobs run on a server: give --url and --key")
     else:
         if not args.tenant:
             raise InvalidInput("--tenant", "a local query needs --tenant (or --url and --key for a server)")
@@ -159,37 +160,57 @@ def cmd_query(args: argparse.Namespace) -> int:
             fmt=fmt,
         )
         data = lake.query.encode(table, fmt)
-    if args.output and args.output != "-":
-        Path(args.output).write_bytes(data)
-    else:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
+    with _output(args.output) as out:
+        out.write(data)
     return 0
+
+
+def _query_server(args: argparse.Namespace, url: str, key: str, fmt: str) -> int:
+    """A synchronous query, or a query job (with progress on stderr) for --job and for answers
+    larger than a synchronous one may be."""
+    from ironwatch import remote
+
+    server = remote.Remote(url, key)
+    if args.job and fmt != "csv":
+        raise InvalidInput("--format", "a query job saves CSV: leave out --format, or use csv")
+    if not args.job:
+        try:
+            data = server.query(args.sql, fmt)
+        except QueryError as exc:
+            if "max_rows" not in exc.details or fmt != "csv":
+                raise
+            rows = exc.details["max_rows"]
+            print(f"the answer has more than {rows:,} rows: running the query as a job", file=sys.stderr)
+        else:
+            with _output(args.output) as out:
+                out.write(data)
+            return 0
+    with _output(args.output) as out:
+        remote.run_job(server, args.sql, out, lambda line: print(line, file=sys.stderr, flush=True))
+    return 0
+
+
+@contextmanager
+def _output(path: str | None) -> Iterator[BinaryIO]:
+    """stdout, or the file ``path``, which appears only once it is complete."""
+    if not path or path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.flush()
+        return
+    part = Path(f"{path}.part")
+    try:
+        with part.open("wb") as file:
+            yield file
+        part.replace(path)
+    except OSError as exc:
+        raise IronwatchError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _format_from_name(name: str) -> str:
     suffix = Path(name).suffix.lstrip(".").lower()
     return suffix if suffix in {"csv", "json", "parquet"} else "csv"
-
-
-def _remote_query(url: str, key: str, sql: str, fmt: str) -> bytes:
-    request = urllib.request.Request(
-        url.rstrip("/") + "/api/v1/query",
-        data=json.dumps({"sql": sql, "format": fmt}).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = str(exc)
-        raise IronwatchError(f"server answered {exc.code}: {message}") from exc
-    except urllib.error.URLError as exc:
-        raise IronwatchError(f"cannot reach {url}: {exc.reason}") from exc
 
 
 # demo and bench --------------------------------------------------------------------------------
@@ -341,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="API key for --url (or IRONWATCH_KEY)")
     p.add_argument("--format", choices=["csv", "json", "parquet"], help="default csv, or from -o's suffix")
     p.add_argument("-o", "--output", help="write the result to this file instead of stdout")
+    p.add_argument(
+        "--job",
+        action="store_true",
+        help="run it as a query job on the server (CSV; for large answers, which also take this way by "
+        "themselves); progress goes to stderr",
+    )
     _data_dir(p)
 
     bench = sub.add_parser("bench", help="measure performance (JSON output)").add_subparsers(
