@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Lab, wait_until
 from ironwatch.errors import NotFound
 from ironwatch.store import QueryRecords, Store
 from pg import postgres_cluster
@@ -91,3 +92,30 @@ def test_recover_fails_the_owners_running_jobs_and_returns_its_queued_ones(recor
     assert after.status == "failed" and after.error and after.error["message"] == "the server stopped"
     assert records.get("acme", other.id).status == "running"  # not this server's to judge
     assert records.recover("me", "again") == ([], [records.get("acme2", queued.id)])
+
+
+def test_a_query_job_survives_a_restart_of_a_server_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    lab = Lab(tmp_path / "data", store_url=pg_url)
+    try:
+        key = lab.tenant("acme", "analyst").keys["analyst"]
+        server = lab.server(IRONWATCH_QUERY__WORKERS="1")
+        with server.client(key) as c:
+            running = c.post(
+                "/api/v1/queries", json={"sql": "SELECT sum(i) FROM range(1000000000000000) t(i)"}
+            )
+            job_id = running.json()["id"]
+            wait_until(
+                lambda: c.get(f"/api/v1/queries/{job_id}").json()["status"] == "running", what="a start"
+            )
+        server.kill()
+        server.start()
+        with server.client(key) as c:
+            assert c.get(f"/api/v1/queries/{job_id}").json()["error"]["code"] == "interrupted"
+            done = c.post("/api/v1/queries", json={"sql": "SELECT 7 AS n"}).json()["id"]
+            wait_until(lambda: c.get(f"/api/v1/queries/{done}").json()["status"] == "succeeded", what="a job")
+            assert c.get(f"/api/v1/queries/{done}/result").text == '"n"\n7\n'
+    finally:
+        lab.close()
+        with lab.store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        lab.store.close()
