@@ -93,13 +93,16 @@ class Series:
         root_of: Callable[[str], Root],
         recent: Recent,
         now_us: Callable[[], int],
-        rollups: Callable[[Root, str, Request, int, int], pa.Table] | None = None,
     ) -> None:
         self.settings = settings
         self.root_of = root_of
         self.recent = recent
         self.now_us = now_us
-        self.rollups = rollups
+        self.reader = lake.series.Reader(memory_limit=str(settings.query.memory_limit))
+
+    def close(self) -> None:
+        """Release the DuckDB the series are read with."""
+        self.reader.close()
 
     def parse(self, params: Mapping[str, str | None]) -> Request:
         """Check query parameters; :class:`InvalidInput` (422) names the one that is wrong."""
@@ -189,16 +192,8 @@ class Series:
         self, tenant: str, root: Root, request: Request, start_us: int, end_us: int, limit: int | None
     ) -> pa.Table:
         """Raw readings from the lake and the recent buffer, each once, sorted by ``ts``."""
-        query = self.settings.query
-        stored = lake.series.read_raw(
-            root,
-            request.site,
-            request.sensor,
-            request.metric,
-            start_us,
-            end_us,
-            limit=limit,
-            memory_limit=str(query.memory_limit),
+        stored = self.reader.raw(
+            root, request.site, request.sensor, request.metric, start_us, end_us, limit=limit
         )
         fresh = self.recent.points(tenant, request.site, request.sensor, request.metric, start_us, end_us)
         if fresh.num_rows:
@@ -209,22 +204,37 @@ class Series:
         return stored.sort_by("ts")
 
     def rolled_up(self, tenant: str, root: Root, request: Request, resolution: str) -> pa.Table:
-        """Buckets of ``resolution``: rollups before the fresh tail, raw readings within it."""
+        """Whole buckets of ``resolution`` starting in the range: rollups, and raw readings for the tail.
+
+        Buckets before ``series.tail_s`` ago come from the rollups as the views merge them (hours
+        from ``rollup_1h``); the tail's minutes are computed from raw readings of the lake and the
+        recent buffer, so they are as fresh as a raw series. In a 1h series, the hour the tail starts
+        in joins the minutes of ``rollup_1m`` before the tail with the tail's own.
+        """
         width = WIDTH_US[resolution]
-        first = request.start_us // width * width
+        first, end = request.start_us // width * width, request.end_us
         tail_us = int(float(self.settings.series.tail_s) * 1_000_000)
-        # The tail starts on a minute: the rollups before it are whole minutes.
-        tail_start = max(first, (self.now_us() - tail_us) // MINUTE_US * MINUTE_US)
-        parts = []
-        if self.rollups is not None and tail_start > first:
-            parts.append(self.rollups(root, resolution, request, first, min(tail_start, request.end_us)))
-        else:
-            tail_start = first
-        if tail_start < request.end_us:
-            points = self.raw_points(tenant, root, request, tail_start, request.end_us, None)
-            parts.append(lake.series.bucket(points, MINUTE_US))
-        minutes = pa.concat_tables(parts) if parts else lake.series.BUCKETS_SCHEMA.empty_table()
-        return lake.series.combine(minutes, width)
+        fresh_from = (self.now_us() - tail_us) // MINUTE_US * MINUTE_US
+        names = (request.site, request.sensor, request.metric)
+        whole = []  # buckets of the right width, as they are
+        minutes = []  # minute buckets, combined into ``width`` below
+        minutes_from = first
+        if resolution == "1h":
+            minutes_from = max(first, fresh_from // HOUR_US * HOUR_US)
+            if min(end, minutes_from) > first:
+                whole.append(self.reader.rollup(root, "1h", *names, first, min(end, minutes_from)))
+        if min(end, fresh_from) > minutes_from:
+            minutes.append(self.reader.rollup(root, "1m", *names, minutes_from, min(end, fresh_from)))
+        tail_from = max(first, fresh_from)
+        if end > tail_from:
+            points = self.raw_points(tenant, root, request, tail_from, end, None)
+            minutes.append(lake.series.bucket(points, MINUTE_US))
+        if minutes:
+            joined = pa.concat_tables(minutes)
+            whole.append(joined if resolution == "1m" else lake.series.combine(joined, width))
+        if not whole:
+            return lake.series.BUCKETS_SCHEMA.empty_table()
+        return pa.concat_tables(whole).sort_by("ts")
 
     @staticmethod
     def _encode(request: Request, resolution: str, buckets: pa.Table) -> bytes:

@@ -215,7 +215,10 @@ async def events(
                 yield b": heartbeat\n\n"
                 quiet_since = time.monotonic()
             if sub.is_closed:
-                yield sse("dropped", {"reason": "the client read nothing for too long"})
+                queued, skipped = sub.take()
+                skipped += queued.num_rows if queued is not None else 0
+                last = sse("lagged", {"skipped": skipped}) if skipped else b""
+                yield last + sse("dropped", {"reason": "the client read nothing for too long"})
                 return
             if is_closing():
                 yield sse("bye", {"reason": "the server is stopping"})

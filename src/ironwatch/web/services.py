@@ -41,6 +41,7 @@ class Services:
             drop_after_s=float(settings.live.drop_after_s),
         )
         pipeline = Pipeline(settings, store, metrics, bus)
+        live.watch(metrics.registry, bus)
         services = cls(
             settings, store, metrics, pipeline, Authenticator(store, float(settings.auth.key_cache_s))
         )
@@ -68,4 +69,6 @@ class Services:
             self.mqtt.stop()
         self.jobs.stop()
         self.pipeline.stop()
+        self.pipeline.bus.close()
+        self.series.close()
         self.store.close()
