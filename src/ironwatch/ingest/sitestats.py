@@ -93,9 +93,13 @@ class SiteStats:
         tables = [t for t, _, _ in batches]
         sizes = np.array([t.num_rows for t in tables], np.int64)
         sensor = pa.chunked_array([c for t in tables for c in t.column("sensor").chunks], pa.string())
-        encoded = pc.dictionary_encode(sensor.combine_chunks())
-        idx = encoded.indices.to_numpy(zero_copy_only=False)
-        rows = self.rows_of(encoded.dictionary.to_pylist())
+        # Arrow encodes the chunks as they are (no copy into one array) with one dictionary for all;
+        # should a version ever give each chunk its own, the first would lack later chunks' names.
+        encoded = pc.dictionary_encode(sensor).chunks
+        if len(encoded) > 1 and not encoded[0].dictionary.equals(encoded[-1].dictionary):
+            encoded = [pc.dictionary_encode(sensor.combine_chunks())]
+        idx = np.concatenate([c.indices.to_numpy() for c in encoded])
+        rows = self.rows_of(encoded[-1].dictionary.to_pylist())
         ts = np.concatenate([t.column("ts").to_numpy() for t in tables])
         k = len(rows)
         newest = np.full(k, NEVER, np.int64)
