@@ -151,10 +151,13 @@ def cmd_query(args: argparse.Namespace) -> int:
 
         settings = _settings(args)
         store = _store(args)
+        from ironwatch.ingest import Tracker, health_report
+
         root = lake.open_root(store.tenant(args.tenant).root_url)
         table = lake.query.run(
             root,
             args.sql,
+            tables=health_report.sql_tables(store, args.tenant, Tracker.saved(settings, store)),
             timeout_s=float(settings.query.timeout_s),
             memory_limit=str(settings.query.memory_limit),
             fmt=fmt,

@@ -6,7 +6,11 @@ while the gateway's heartbeats report batches it has formed but not delivered ye
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -373,3 +377,18 @@ def test_health_survives_graceful_and_kill_9_restarts(lab: Lab) -> None:
     assert datetime.fromisoformat(sensors_after["s-2"]["last_ts"]) > datetime.fromisoformat(
         sensors_before["s-2"]["last_ts"]
     )
+
+    # With the server stopped, a local query reads the health as last saved.
+    server.stop()
+    command = [sys.executable, "-m", "ironwatch.cli", "query", "--data-dir", str(lab.data_dir)]
+    sql_text = "SELECT gateway, missing_batch_count, (SELECT sum(readings) FROM sensors) FROM gateways"
+    local = subprocess.run(
+        [*command, "--tenant", "acme", "--format", "json", sql_text],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "IRONWATCH_STORE__URL": lab.store_url},
+        check=False,
+    )
+    assert local.returncode == 0, local.stderr
+    total = sensors_after["s-1"]["readings"] + sensors_after["s-2"]["readings"]
+    assert json.loads(local.stdout)["rows"] == [["gw-1", 4, total]]

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from ironwatch.config import Settings
 from ironwatch.errors import IronwatchError
+from ironwatch.ingest.flusher import load_checkpoint
 from ironwatch.ingest.ledger import Ledger, RangeSet
 from ironwatch.ingest.sitestats import N_BUCKETS, NEVER, SiteStats
 from ironwatch.store import SavedGateway, SavedSensor, Store, load_health, save_health
@@ -99,6 +100,16 @@ class Tracker:
         self._sites: dict[tuple[str, str], SiteStats] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def saved(cls, settings: Settings, store: Store) -> Tracker:
+        """The health as last saved, with the batch ledger of the last checkpoint: for reading it
+        without a running server (a local query)."""
+        ledger = Ledger()
+        ledger.load(load_checkpoint(settings.data_dir / "wal")["ledger"])
+        tracker = cls(settings, store, ledger)
+        tracker.load()
+        return tracker
 
     # the ingest path -----------------------------------------------------------------------------
     def batch(self, tenant: str, gateway: str, batch: int, site: str, readings: pa.Table) -> None:
