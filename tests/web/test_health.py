@@ -245,7 +245,8 @@ def test_sensor_rate_against_its_declared_rate(lab: Lab) -> None:
     sensors = {s["sensor"]: s for s in get(server, viewer, "/api/v1/sensors")["sensors"]}
     fast, slow = sensors["r-fast"], sensors["r-slow"]
     assert fast["status"] == "ok" and slow["status"] == "stale"
-    assert 90 <= fast["rate_per_min"] <= 125 and 8 <= slow["rate_per_min"] <= 12.5
+    # Ten readings 5 s apart span 45 s, judged over 45-51 s: about 12 a minute, not exactly.
+    assert 85 <= fast["rate_per_min"] <= 135 and 8 <= slow["rate_per_min"] <= 15
     assert fast["declared_rate_per_min"] == slow["declared_rate_per_min"] == 60.0
     assert statuses(server, viewer, "?status=stale") == {"r-slow": "stale"}
 
