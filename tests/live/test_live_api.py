@@ -310,6 +310,17 @@ def test_a_reading_is_in_its_series_once_while_it_moves_to_the_lake(world: World
     assert all(values == [1.0, 2.0, 3.0] for values in seen), seen
 
 
+def test_fresh_readings_are_in_minute_and_hour_buckets_at_once(world: World) -> None:
+    key = world.acme.keys["viewer"]
+    stamp = now_ms() // 60_000 * 60_000  # the current minute's start: all three in one bucket
+    world.send(world.acme, columns("tail-1", [stamp, stamp + 1, stamp + 2], [1.0, 2.0, 6.0]))
+    for resolution, width_ms in (("1m", 60_000), ("1h", 3_600_000)):
+        got = world.series(key, sensor="tail-1", start="-10m", resolution=resolution).json()
+        assert got["resolution"] == resolution
+        assert got["ts"] == [stamp // width_ms * width_ms]
+        assert (got["count"], got["mean"], got["min"], got["max"]) == ([3], [3.0], [1.0], [6.0])
+
+
 # --- isolation ----------------------------------------------------------------------------------
 
 
