@@ -14,17 +14,25 @@ from ironwatch.web.routes import admin, gateways, health, ingest, queries, query
 from ironwatch.web.services import Services
 
 
-def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    """The ironwatch HTTP API; the services start with the app and stop with it."""
+def create_app(
+    settings: Settings, services: Services | None = None, *, manage_services: bool = True
+) -> FastAPI:
+    """The ironwatch HTTP API; the services start with the app and stop with it.
+
+    With ``manage_services=False`` the caller starts and stops ``services`` itself (the server
+    does, so that a failure to start is reported as one clear error before anything listens).
+    """
     services = services or Services.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services.start()
+        if manage_services:
+            services.start()
         try:
             yield
         finally:
-            services.stop()
+            if manage_services:
+                services.stop()
 
     app = FastAPI(
         title="ironwatch",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 
 from ironwatch.config import Settings
 from ironwatch.errors import Unavailable
 from ironwatch.web.app import create_app
+from ironwatch.web.services import Services
 
 #: How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms). The
 #: write-ahead log writer and the flusher need the GIL for a moment after each fsync or Parquet
@@ -20,7 +23,21 @@ GIL_SWITCH_INTERVAL_S = 0.001
 
 async def serve_async(settings: Settings, on_ready: object = None) -> None:
     """Serve until the server is told to exit (SIGINT/SIGTERM)."""
-    app = create_app(settings)
+    listener = _listen(str(settings.server.host), int(settings.server.port))
+    services = Services.build(settings)
+    try:
+        services.start()  # an IronwatchError here is the one line the CLI prints
+    except BaseException:
+        listener.close()
+        raise
+    try:
+        app = create_app(settings, services, manage_services=False)
+        await _serve(settings, app, listener, on_ready)
+    finally:
+        services.stop()
+
+
+async def _serve(settings: Settings, app: FastAPI, listener: socket.socket, on_ready: object) -> None:
     cfg = uvicorn.Config(
         app,
         host=str(settings.server.host),
@@ -34,13 +51,13 @@ async def serve_async(settings: Settings, on_ready: object = None) -> None:
         limit_concurrency=2048,
     )
     server = uvicorn.Server(cfg)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:
         if task.done():
             await task
             raise Unavailable(f"the server did not start on {settings.server.host}:{settings.server.port}")
         await asyncio.sleep(0.02)
-    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    host, port = listener.getsockname()[:2]
     print(f"ironwatch listening on http://{host}:{port}", flush=True)
     if callable(on_ready):
         on_ready(f"http://{host}:{port}")
@@ -50,6 +67,20 @@ async def serve_async(settings: Settings, on_ready: object = None) -> None:
     # by themselves: tell them to end.
     app.state.services.streams.close()
     await task
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here, so that a port in use is one clear error, not a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(settings: Settings, on_ready: object = None) -> None:
