@@ -422,9 +422,16 @@ def test_stopping_the_server_ends_its_streams_and_the_recent_buffer_answers_befo
     lab = Lab(tmp_path / "data")
     try:
         tenant = lab.tenant("slow-lake")
-        server = lab.server(IRONWATCH_LAKE__FLUSH_INTERVAL_S="3600", IRONWATCH_LIVE__HEARTBEAT_S="1")
+        server = lab.server(
+            IRONWATCH_LAKE__FLUSH_INTERVAL_S="3600",
+            IRONWATCH_LIVE__HEARTBEAT_S="1",
+            IRONWATCH_LIVE__MAX_LISTENERS="1",
+        )
         world = World(lab, server, tenant, tenant, {"slow-lake": 0})
         listener = world.listen(tenant)
+        with server.client(tenant.keys["viewer"]) as client:
+            one_more = client.get("/api/v1/live", params={"site": "hall-a"})
+        assert one_more.status_code == 503 and one_more.json()["error"]["code"] == "unavailable"
         world.send(tenant, columns("s-9", [now_ms()], [42.0]))
         assert world.series(tenant.keys["viewer"], sensor="s-9", start="-5m").json()["mean"] == [42.0]
         assert world.sql(tenant, "SELECT count(*) FROM readings") == [[0]]  # not in the lake yet
