@@ -11,11 +11,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ironwatch.lake import journal, rollup
 from ironwatch.lake.root import Root
 from ironwatch.model import QUARANTINE_SCHEMA, READINGS_SCHEMA
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
+
+
+def hour_us(date: str, hour: int) -> int:
+    """Epoch microseconds of the start of ``hour`` (0-23) on ``date`` (YYYY-MM-DD), in UTC."""
+    return int(datetime.fromisoformat(f"{date}T{hour:02d}:00:00+00:00").timestamp()) * 1_000_000
 
 
 def readings_path(site: str, hour_us: int, name: str) -> str:
@@ -62,12 +68,17 @@ def _runs(keys: list[np.ndarray]) -> Iterator[tuple[int, int]]:
     yield from zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)
 
 
-def write_readings(root: Root, table: pa.Table, name: str, *, compression_level: int = 3) -> list[str]:
+def write_readings(
+    root: Root, table: pa.Table, name: str, *, compression_level: int = 3, rollups: bool = True
+) -> list[str]:
     """Write readings (with a ``site`` column) as one file per site and hour named ``name``.
 
     Rows are sorted by sensor, metric, ts within a file. A file that already exists is left as it is:
     file names are unique per log segment, so an existing file holds exactly these rows (this makes a
-    replay of the log after a crash idempotent). Returns the paths written.
+    replay of the log after a crash idempotent), and so is one that a compaction has already merged
+    into its hour's compacted file. With ``rollups``, each raw file's rollup partials are written
+    after it, from the same sorted rows (the missing ones too, when the raw file was there already).
+    Returns the raw paths written.
     """
     if table.num_rows == 0:
         return []
@@ -92,12 +103,18 @@ def write_readings(root: Root, table: pa.Table, name: str, *, compression_level:
     sites = names["site"][0]
     written = []
     for start, stop in _runs([site_sorted, hours]):
-        site = str(sites[int(site_sorted[start])])
-        path = readings_path(site, int(hours[start]), name)
-        if root.exists(path):
+        site, hour_us = str(sites[int(site_sorted[start])]), int(hours[start])
+        moment = datetime.fromtimestamp(hour_us / 1_000_000, UTC)
+        if name in journal.compacted_names(root, site, f"{moment:%Y-%m-%d}", moment.hour):
             continue
-        root.write(path, _parquet_bytes(ordered.slice(start, stop - start), compression_level))
-        written.append(path)
+        path = readings_path(site, hour_us, name)
+        rows = ordered.slice(start, stop - start)
+        if not root.exists(path):
+            root.write(path, _parquet_bytes(rows, compression_level))
+            written.append(path)
+        if rollups:
+            # After the raw file: compaction takes only raw files whose partials are all there.
+            rollup.write_partials(root, site, hour_us, name, rows)
     return written
 
 

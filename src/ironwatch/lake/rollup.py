@@ -3,7 +3,8 @@
 Each raw file ``readings/site=S/date=D/hour=H/NAME.parquet`` has two partial files of the same name:
 ``rollup_1m/site=S/date=D/hour=H/NAME.parquet`` (one row per sensor, metric and minute) and
 ``rollup_1h/site=S/month=M/date=D/hour=H/NAME.parquet`` (one row per sensor and metric). A row holds
-``count``, ``sum``, ``min``, ``max``, ``first_ts``, ``last_ts``, ``last`` (the value at ``last_ts``)
+``count``, ``sum``, ``min``, ``max``, ``first_ts``, ``last_ts``, ``last`` (the value at ``last_ts``;
+the largest of them if several readings share that instant)
 and ``m2`` (the sum of squared deviations from the partial's own mean). The views ``rollup_1m`` and
 ``rollup_1h`` merge the partials of every file at query time (lake/views.py), so a late reading, which
 lands in a raw file of its own, corrects the rollups of its minute simply by adding a partial, and a
@@ -121,7 +122,7 @@ def from_readings(
     """Partials per (sensor, metric, bucket) of readings sorted by sensor, metric and ts."""
     n = len(ts_us)
     if n == 0:
-        return _empty()
+        return empty()
     # Work through blocks of whole series of about CHUNK_ROWS rows, so that the temporaries stay in
     # the CPU cache: on whole arrays every step would be bound by memory bandwidth.
     series_edges = _edges([sensor, metric])
@@ -131,7 +132,7 @@ def from_readings(
         _block(ts_us[a:b], sensor[a:b], metric[a:b], value[a:b], bucket_us)
         for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True)
     ]
-    return _concat(parts)
+    return concat(parts)
 
 
 def _block(
@@ -145,6 +146,12 @@ def _block(
     total = np.add.reduceat(value, starts)
     dev = value - np.repeat(total / count, count)
     dev *= dev
+    last = value[ends - 1]
+    # Several readings at the latest instant of a bucket (rare): the largest value is the last, as
+    # the views decide between partials, so that the answer does not depend on how files are split.
+    for i in np.flatnonzero((count > 1) & (ts_us[ends - 1] == ts_us[np.maximum(ends - 2, 0)])).tolist():
+        first = int(np.searchsorted(ts_us[starts[i] : ends[i]], ts_us[ends[i] - 1])) + int(starts[i])
+        last[i] = value[first : ends[i]].max()
     return Partials(
         sensor=sensor[starts],
         metric=metric[starts],
@@ -155,12 +162,13 @@ def _block(
         max=np.maximum.reduceat(value, starts),
         first_ts=ts_us[starts],
         last_ts=ts_us[ends - 1],
-        last=value[ends - 1],
+        last=last,
         m2=np.add.reduceat(dev, starts),
     )
 
 
-def _concat(parts: list[Partials]) -> Partials:
+def concat(parts: list[Partials]) -> Partials:
+    """Partials one after the other (in sort order)."""
     if len(parts) == 1:
         return parts[0]
     fields = [f.name for f in dataclasses.fields(Partials)]
@@ -174,7 +182,7 @@ def merge(parts: Partials, bucket_us: int) -> Partials:
     count times the squared distance of its mean from the merged mean.
     """
     if len(parts) == 0:
-        return _empty()
+        return empty()
     bucket = parts.bucket // bucket_us * bucket_us
     edges = _edges([parts.sensor, parts.metric, bucket])
     starts, ends = edges[:-1], edges[1:]
@@ -197,7 +205,8 @@ def merge(parts: Partials, bucket_us: int) -> Partials:
     )
 
 
-def _empty() -> Partials:
+def empty() -> Partials:
+    """No partials."""
     i64, f64 = np.zeros(0, np.int64), np.zeros(0, np.float64)
     return Partials(i64, i64, i64, i64, f64, f64, f64, i64, i64, f64, f64)
 

@@ -21,7 +21,7 @@ minute      TIMESTAMPTZ  start of the minute (``rollup_1m``); ``hour`` in ``roll
 count       BIGINT       readings in the bucket
 mean        DOUBLE
 min, max    DOUBLE
-last        DOUBLE       the value of the latest reading in the bucket
+last        DOUBLE       the value of the latest reading (the largest if several share its ts)
 std         DOUBLE       sample standard deviation; NULL when count is 1
 first_ts    TIMESTAMPTZ  time of the first reading in the bucket
 last_ts     TIMESTAMPTZ  time of the latest reading in the bucket
