@@ -104,13 +104,28 @@ def test_paths_that_leave_the_root_are_refused_by_every_method(opener: OpenRoot,
         "exists": lambda: root.exists(path),
         "list": lambda: root.list(path),
         "delete": lambda: root.delete(path),
+        "move from": lambda: root.move(path, "here"),
+        "move to": lambda: root.move("here", path),
     }
+    root.write("here", b"mine")
     for name, action in actions.items():
         with pytest.raises(InvalidInput) as caught:
             action()
         assert caught.value.field == "path", name
     assert neighbour.read("x") == b"secret"
-    assert root.list() == []
+    assert root.list() == ["here"]
+
+
+def test_move_renames_into_new_folders_and_replaces(root: Root) -> None:
+    root.write("readings/site=a/old.parquet", b"one")
+    root.write("retired/x/old.parquet", b"stale")
+    root.move("readings/site=a/old.parquet", "retired/x/old.parquet")
+    root.write("readings/site=a/two.parquet", b"two")
+    root.move("readings/site=a/two.parquet", "retired/y/deep/two.parquet")
+    assert root.list() == ["retired/x/old.parquet", "retired/y/deep/two.parquet"]
+    assert root.read("retired/x/old.parquet") == b"one" and root.read("retired/y/deep/two.parquet") == b"two"
+    with pytest.raises(NotFound):
+        root.move("readings/site=a/old.parquet", "anywhere")
 
 
 def test_harmless_spellings_are_normalised(root: Root) -> None:

@@ -84,6 +84,7 @@ class Pipeline:
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock_fd: int | None = None
+        self._compactor: lake.Compactor | None = None
 
     # life cycle --------------------------------------------------------------------------------
     @property
@@ -147,6 +148,14 @@ class Pipeline:
         )
         self._ticker = threading.Thread(target=self._tick, name="wal-ticker", daemon=True)
         self._ticker.start()
+        if self.settings.lake.compaction:
+            self._compactor = lake.Compactor(
+                lambda: [self.root_of(t.name) for t in self.store.tenants()],
+                lake.compaction.Policy.from_settings(self.settings.lake),
+                data_dir=self.settings.data_dir,
+                interval_s=float(self.settings.lake.compaction_interval_s),
+            )
+            self._compactor.start()
 
     def _tick(self) -> None:
         interval = float(self.settings.lake.flush_interval_s)
@@ -158,6 +167,8 @@ class Pipeline:
     def stop(self) -> None:
         """Stop accepting, write the last segment to the lake and close."""
         self._stop.set()
+        if self._compactor is not None:
+            self._compactor.stop()
         if self._ticker is not None:
             self._ticker.join()
         if self._log is not None:

@@ -1,6 +1,9 @@
-"""The data lake: storage roots by URL, the partition layout, Parquet writing and sandboxed SQL."""
+"""The data lake: storage roots by URL, the partition layout, Parquet writing, rollups, compaction
+and sandboxed SQL."""
 
-from ironwatch.lake import jobs, query, series
+from ironwatch.lake import compaction, jobs, query, rebuild, rollup, series
+from ironwatch.lake.compactor import Compactor
+from ironwatch.lake.journal import visible_files
 from ironwatch.lake.layout import (
     quarantine_path,
     readings_path,
@@ -10,15 +13,20 @@ from ironwatch.lake.layout import (
 from ironwatch.lake.root import LocalRoot, MemoryRoot, Root, open_root
 
 __all__ = [
+    "Compactor",
     "LocalRoot",
     "MemoryRoot",
     "Root",
+    "compaction",
     "jobs",
     "open_root",
     "quarantine_path",
     "query",
     "readings_path",
+    "rebuild",
+    "rollup",
     "series",
+    "visible_files",
     "write_quarantine",
     "write_readings",
 ]

@@ -51,6 +51,12 @@ class Root(Protocol):
     def delete(self, path: str) -> None:
         """Remove ``path``; removing a missing file is not an error."""
 
+    def move(self, source: str, target: str) -> None:
+        """Move a file within the root (a rename where the backend has one); :class:`NotFound` if absent.
+
+        ``target`` is replaced if it exists. Afterwards ``source`` is gone and ``target`` complete.
+        """
+
     def duckdb_glob(self, pattern: str) -> str:
         """A location DuckDB's ``read_parquet`` understands for files matching ``pattern``."""
 
@@ -176,6 +182,21 @@ class LocalRoot:
         except OSError as exc:
             raise StorageError(f"cannot delete {path} in {self.url}: {exc}") from exc
 
+    def move(self, source: str, target: str) -> None:
+        src, dst = self._path(source), self._path(target)
+        try:
+            self._make_dirs(dst.parent)
+            os.replace(src, dst)
+            _fsync_dir(dst.parent)
+            if src.parent != dst.parent:
+                _fsync_dir(src.parent)
+        except FileNotFoundError as exc:
+            if not src.exists():
+                raise NotFound("file", source) from exc
+            raise StorageError(f"cannot move {source} to {target} in {self.url}: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot move {source} to {target} in {self.url}: {exc}") from exc
+
     def duckdb_glob(self, pattern: str) -> str:
         return str(self.directory / pattern)
 
@@ -230,6 +251,13 @@ class MemoryRoot:
     def delete(self, path: str) -> None:
         with self._lock:
             self._files.pop(_clean(path), None)
+
+    def move(self, source: str, target: str) -> None:
+        src, dst = _clean(source), _clean(target)
+        with self._lock:
+            if src not in self._files:
+                raise NotFound("file", source)
+            self._files[dst] = self._files.pop(src)
 
     def duckdb_glob(self, pattern: str) -> str:
         raise StorageError(f"{self.url} is held in memory and cannot be read by SQL")
