@@ -9,8 +9,10 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -245,6 +247,98 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_rollup(args: argparse.Namespace) -> int:
+    """Measure rollups: the minute and hour partials of one hour of a 550 x 17 site at 1 Hz."""
+    from ironwatch.bench.rollup import run_rollup_bench
+
+    _print_result(run_rollup_bench(sensors=args.sensors, seconds=args.seconds, runs=args.runs), args.json)
+    return 0
+
+
+def cmd_bench_query(args: argparse.Namespace) -> int:
+    """Measure SQL: one sensor-metric-day from a week-long compacted lake, through the sandbox."""
+    from ironwatch.bench.query import run_query_bench
+
+    result = run_query_bench(
+        days=args.days, sensors=args.sensors, queries=args.queries, lake_dir=args.lake_dir
+    )
+    _print_result(result, args.json)
+    return 0
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for name, value in result.items():
+            print(f"{name:>24}  {value}")
+
+
+# lake maintenance ------------------------------------------------------------------------------
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Compact the closed hours of a tenant's raw readings now, as the server does in the background."""
+    from ironwatch import lake
+    from ironwatch.lake import compaction, compactor
+    from ironwatch.model import utc_now_us
+
+    settings = _settings(args)
+    root = lake.open_root(_store(args).tenant(args.tenant).root_url)
+    pause = compactor.pause_at(args.pause_at) if args.pause_at else compaction.no_pause
+    with compactor.locked(compactor.lock_path(settings.data_dir), wait=True):
+        report = compaction.run(
+            root,
+            compaction.Policy.from_settings(settings.lake),
+            compactor.scratch_dir(settings.data_dir),
+            now_us=utc_now_us(),
+            site=args.site,
+            max_hours=args.hours,
+            pause=pause,
+            progress=_stderr,
+        )
+    _print_json(report)
+    return 0
+
+
+def cmd_rollups_rebuild(args: argparse.Namespace) -> int:
+    """Recompute a tenant's rollups from its raw readings; rollups whose raw file is gone are deleted."""
+    from ironwatch import lake
+    from ironwatch.lake import compactor, rebuild
+
+    settings = _settings(args)
+    since_us = _time_us("--since", args.since) if args.since else None
+    root = lake.open_root(_store(args).tenant(args.tenant).root_url)
+    shown = [0.0]
+
+    def progress(report: rebuild.Report) -> None:
+        if time.monotonic() - shown[0] >= 1.0 or report.files == report.files_total:
+            shown[0] = time.monotonic()
+            left = f", {report.left_s:.0f} s left" if report.left_s is not None else ""
+            _stderr(
+                f"rollups: {report.files} of {report.files_total} raw files "
+                f"({100 * report.files // max(1, report.files_total)}%), {report.readings:,} readings{left}"
+            )
+
+    with compactor.locked(compactor.lock_path(settings.data_dir), wait=True):
+        report = rebuild.rebuild(root, site=args.site, since_us=since_us, progress=progress)
+    _print_json(report.to_json())
+    return 0
+
+
+def _time_us(flag: str, text: str) -> int:
+    """Epoch microseconds of an ISO 8601 date or time (UTC unless it names an offset)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(flag, f"{text!r} is not a date or time such as 2026-11-24T10:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
 # parser ----------------------------------------------------------------------------------------
 def _add(sub: Any, name: str, handler: Handler, example: str, **kwargs: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
@@ -385,6 +479,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1000, help="readings per batch or message")
     p.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = _add(bench, "rollup", cmd_bench_rollup, "ironwatch bench rollup --json")
+    p.add_argument("--sensors", type=int, default=550, help="sensors of 17 metrics (default 550)")
+    p.add_argument("--seconds", type=int, default=3600, help="seconds of 1 Hz readings (default 3600)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs; the median counts (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = _add(bench, "query", cmd_bench_query, "ironwatch bench query --lake-dir /var/tmp/iw-week --json")
+    p.add_argument("--days", type=int, default=7, help="days of readings in the lake (default 7)")
+    p.add_argument("--sensors", type=int, default=550, help="sensors of 17 metrics (default 550)")
+    p.add_argument("--queries", type=int, default=60, help="timed queries (default 60)")
+    p.add_argument("--lake-dir", help="build the lake here and keep it for the next run (default: temporary)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = _add(sub, "compact", cmd_compact, "ironwatch compact --tenant acme --data-dir /srv/ironwatch")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--site", help="only this site")
+    p.add_argument("--hours", type=int, help="compact at most this many hours")
+    # Crash tests: stop at a named step until killed (see lake.compaction.STEPS).
+    p.add_argument("--pause-at", help=argparse.SUPPRESS)
+    _data_dir(p)
+
+    rollups = sub.add_parser("rollups", help="rebuild rollups from raw readings").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
+    p = _add(
+        rollups,
+        "rebuild",
+        cmd_rollups_rebuild,
+        "ironwatch rollups rebuild --tenant acme --site hall-a --since 2026-11-24 --data-dir DIR",
+    )
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--site", help="only this site")
+    p.add_argument("--since", help="only hours that end after this date or time (ISO 8601, UTC by default)")
+    _data_dir(p)
     return parser
 
 
