@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ironwatch.errors import QueryError
+from ironwatch.errors import NotFound, QueryError, StorageError
 from ironwatch.lake import journal
 from ironwatch.lake.root import Root
 
@@ -63,20 +63,32 @@ FOLDERS = {
 def files(root: Root, kind: str, site: str, start_us: int, end_us: int) -> list[str]:
     """Parquet files of ``kind`` (a key of :data:`FOLDERS`) of ``site`` in hours overlapping the range.
 
-    Only the partition folders of the range are listed, never the whole lake, and through the
-    compaction journal, so a compaction switches the answer from an hour's old files to its new one
-    at once; a file whose path names a date and hour outside the range is left out.
+    Only the partition folders of the range are listed, never the whole lake; a file whose path
+    names a date and hour outside the range is left out. The folders are listed as
+    :func:`ironwatch.lake.journal.visible_files` lists one, between two snapshots of the compaction
+    journal, so a compaction switches the answer from an hour's old files to its new one at once;
+    one pair of snapshots serves every folder of the range.
     """
     hours = list(_hours(start_us, end_us))
     wanted = {(f"{h:%Y-%m-%d}", f"{h:%H}") for h in hours}
-    found: list[str] = []
-    for folder in dict.fromkeys(FOLDERS[kind].format(site=site, hour=h) for h in hours):
-        for path in journal.visible_files(root, folder):
-            parts = dict(p.split("=", 1) for p in path.split("/")[:-1] if "=" in p)
-            if "date" in parts and "hour" in parts and (parts["date"], parts["hour"]) not in wanted:
-                continue
-            found.append(path)
-    return found
+    folders = list(dict.fromkeys(FOLDERS[kind].format(site=site, hour=h) for h in hours))
+    for _ in range(journal.SNAPSHOT_ATTEMPTS):
+        before = journal.snapshot(root)
+        found = [p for folder in folders for p in root.list(folder) if p.endswith(".parquet")]
+        after = journal.snapshot(root)
+        if before.names != after.names:
+            continue
+        try:
+            hide = journal.hidden(root, after) if after.states else set()
+        except NotFound:
+            continue  # an entry moved on to its next state since the listing
+        return [p for p in found if _in_hours(p, wanted) and journal.key_of(p) not in hide]
+    raise StorageError(f"the compaction journal of {root.url} kept changing while listing {kind} of {site}")
+
+
+def _in_hours(path: str, wanted: set[tuple[str, str]]) -> bool:
+    parts = dict(p.split("=", 1) for p in path.split("/")[:-1] if "=" in p)
+    return "date" not in parts or "hour" not in parts or (parts["date"], parts["hour"]) in wanted
 
 
 class Reader:
