@@ -103,8 +103,8 @@ FIELDS: tuple[Field, ...] = (
         "lake",
         "compaction_chunk_rows",
         int,
-        1_000_000,
-        "Readings sorted in memory at once while compacting (memory is about 150 bytes each).",
+        500_000,
+        "Readings sorted in memory at once while compacting; more is faster and takes more memory.",
     ),
     Field(
         "ingest",

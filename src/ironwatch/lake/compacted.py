@@ -13,7 +13,7 @@ what differs is the physical layout, tuned for storage and for reading one senso
 - each row group's dictionaries hold only the names it uses, so those statistics are tight;
 - ``ts``, ``batch`` and ``received_at`` delta-encoded; ``value`` PLAIN under zstd, which on sensor
   data (a few significant digits, slowly changing) beats BYTE_STREAM_SPLIT and dictionaries:
-  3.5 against 6.2 bytes per value on the peers' workload (see docs/lake.md).
+  about 2.6 against 6.2 bytes per value on the peers' workload (see docs/lake.md).
 """
 
 from __future__ import annotations

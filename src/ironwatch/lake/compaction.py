@@ -63,7 +63,7 @@ class Policy:
     retention_s: float = 7 * 86400.0
     row_group_rows: int = 1 << 20
     compression_level: int = 6
-    chunk_rows: int = 1_000_000
+    chunk_rows: int = 500_000
 
     @classmethod
     def from_settings(cls, lake: Any) -> Policy:
