@@ -93,7 +93,7 @@ FIELDS: tuple[Field, ...] = (
         "lake",
         "compaction_grace_s",
         float,
-        60.0,
+        900.0,
         "Time between a compaction's commit and moving the old files away (queries still reading them).",
     ),
     Field("lake", "retired_keep_s", float, 7 * 86400.0, "How long retired raw files are kept."),

@@ -222,3 +222,30 @@ def test_checksum_sees_a_changed_a_lost_and_a_doubled_reading() -> None:
     assert shuffled == base
     changed = t.set_column(3, "value", pa.array(np.r_[t["value"].to_numpy()[:-1], 0.5]))
     assert of(changed) != base and of(t.slice(1)) != base and of(pa.concat_tables([t, t.slice(0, 1)])) != base
+
+
+def test_a_stopping_server_rolls_its_compaction_back(root: Root, tmp_path: Path) -> None:
+    filled(root, seed=12, files=3)
+    before = (sql(root, ALL_READINGS), sorted(root.list("readings")))
+    hour = next(iter(compaction.hours_to_compact(root, NOW, POLICY)))
+    with pytest.raises(compaction.Interrupted):
+        compaction.compact_hour(root, hour, POLICY, tmp_path, now_us=NOW, stopping=lambda: True)
+    assert (sql(root, ALL_READINGS), sorted(root.list("readings"))) == before
+    assert [p.rsplit(".", 2)[1] for p in root.list(journal.FOLDER)] == ["aborted"]
+
+
+def test_the_background_compactor_waits_until_an_hour_stops_changing(root: Root, tmp_path: Path) -> None:
+    filled(root, seed=13, files=2)
+    now = [NOW]
+    compactor = lake.Compactor(lambda: [root], POLICY, data_dir=tmp_path, interval_s=60, clock=lambda: now[0])
+    assert compactor.step() is False  # first look: each hour's files as they are now
+    now[0] += 30_000_000
+    rng = np.random.default_rng(14)
+    write(root, [readings(rng, 100, sites=("hall-a",), span_s=60)], writer="w5")  # still flowing in
+    assert compactor.step() is False
+    now[0] += 30_000_000  # one interval since the first look
+    while compactor.step():
+        pass
+    assert compactor.hours_compacted == 3 and len(compaction.hours_to_compact(root, NOW, POLICY)) == 1
+    now[0] += 30_000_000  # one interval since hall-a's first hour last changed
+    assert compactor.step() is True and compactor.hours_compacted == 4

@@ -48,6 +48,13 @@ Pause = Callable[[str], None]
 Hour = tuple[str, str, int]  # site, date (YYYY-MM-DD), hour
 
 
+class Interrupted(IronwatchError):
+    """The compaction was asked to stop (the server is stopping); it was rolled back."""
+
+    code = "interrupted"
+    retryable = True
+
+
 class VerificationFailed(IronwatchError):
     """The compacted file does not hold exactly the readings of the files it replaces."""
 
@@ -59,7 +66,7 @@ class Policy:
     """How and when to compact; see the ``lake.compaction_*`` settings."""
 
     close_after_s: float = 7200.0
-    grace_s: float = 60.0
+    grace_s: float = 900.0
     retention_s: float = 7 * 86400.0
     row_group_rows: int = 1 << 20
     compression_level: int = 6
@@ -93,26 +100,40 @@ def _partial_paths(site: str, date: str, hour: int, name: str) -> tuple[str, str
     return rollup.rollup_1m_path(site, start, name), rollup.rollup_1h_path(site, start, name)
 
 
-def hours_to_compact(root: Root, now_us: int, policy: Policy, site: str | None = None) -> list[Hour]:
-    """Closed site-hours with more than one raw file, or one that is not compacted, oldest first."""
+def hours_to_compact(
+    root: Root, now_us: int, policy: Policy, site: str | None = None
+) -> dict[Hour, list[str]]:
+    """Closed site-hours with more than one raw file, or one not compacted, oldest first; their files."""
     names: dict[Hour, list[str]] = {}
     for path in journal.visible_files(root, f"readings/site={site}" if site else "readings"):
         key = journal.key_of(path)
         if key is not None:
             names.setdefault(key[:3], []).append(key[3])
     busy = {(e.site, e.date, e.hour) for _, e in journal.snapshot(root).entries(root, "pending", "committed")}
-    due = []
-    for hour, files in names.items():
+    due = {}
+    for hour in sorted(names, key=lambda h: (h[1], h[2], h[0])):
+        files = names[hour]
         closed = hour_us(hour[1], hour[2]) + HOUR_US + int(policy.close_after_s * 1_000_000) <= now_us
         if closed and hour not in busy and (len(files) > 1 or not is_compacted(files[0])):
-            due.append(hour)
-    return sorted(due, key=lambda h: (h[1], h[2], h[0]))
+            due[hour] = sorted(files)
+    return due
 
 
 def compact_hour(
-    root: Root, hour: Hour, policy: Policy, scratch: Path, *, now_us: int, pause: Pause = no_pause
+    root: Root,
+    hour: Hour,
+    policy: Policy,
+    scratch: Path,
+    *,
+    now_us: int,
+    pause: Pause = no_pause,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Entry | None:
-    """Compact one site-hour; ``None`` if there is nothing to do. The caller holds the compaction lock."""
+    """Compact one site-hour; ``None`` if there is nothing to do. The caller holds the compaction lock.
+
+    ``stopping`` is polled while the files are sorted: when it turns true, the compaction is rolled
+    back and :class:`Interrupted` raised.
+    """
     site, date, hr = hour
     folder = f"readings/site={site}/date={date}/hour={hr:02d}"
     names = []
@@ -128,7 +149,7 @@ def compact_hour(
     journal.write(root, entry, "pending")
     pause("pending")
     try:
-        old, minutes, hours = _write_merged(root, entry, policy, scratch)
+        old, minutes, hours = _write_merged(root, entry, policy, scratch, stopping)
         pause("written")
         new = _checksum_of(root, raw_path(site, date, hr, entry.new), scratch)
         if (new.rows, new.total) != (old.rows, old.total):
@@ -153,14 +174,20 @@ def compact_hour(
 
 
 def _write_merged(
-    root: Root, entry: Entry, policy: Policy, scratch: Path
+    root: Root, entry: Entry, policy: Policy, scratch: Path, stopping: Callable[[], bool]
 ) -> tuple[Checksum, pa.Table, pa.Table]:
     """Sort the old files into the new one; their checksum and the new file's partials."""
+
+    def check() -> None:
+        if stopping():
+            raise Interrupted(f"compaction of {entry.folder} stopped", {"folder": entry.folder})
+
     old = Checksum()
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch, prefix="compact-") as tmp:
         spill = Spill(Path(tmp), memory_rows=policy.chunk_rows)
         for name in entry.old:
+            check()
             table = pq.read_table(
                 pa.BufferReader(root.read(raw_path(entry.site, entry.date, entry.hour, name)))
             )
@@ -180,6 +207,7 @@ def _write_merged(
                 compression_level=policy.compression_level,
             )
             for chunk in spill.chunks(policy.chunk_rows):
+                check()
                 writer.add(chunk)
             minutes, hours = writer.close()
     return old, minutes, hours
@@ -267,7 +295,7 @@ def run(
     """One pass over a root: :func:`tidy`, then compact due hours (at most ``max_hours``)."""
     report = tidy(root, policy, now_us=now_us, pause=pause)
     report.update(hours=0, files=0, readings=0)
-    due = hours_to_compact(root, now_us, policy, site)
+    due = list(hours_to_compact(root, now_us, policy, site))
     for n, hour in enumerate(due[:max_hours] if max_hours is not None else due, 1):
         progress(f"compacting {hour[0]} {hour[1]} {hour[2]:02d}h ({n} of {len(due)})")
         entry = compact_hour(root, hour, policy, scratch, now_us=now_us, pause=pause)

@@ -89,6 +89,7 @@ class Compactor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lake-compactor", daemon=True)
         self._failed: set[tuple[str, compaction.Hour]] = set()
+        self._seen: dict[str, dict[compaction.Hour, tuple[list[str], int]]] = {}
         self.last_error: str | None = None
         self.hours_compacted = 0
 
@@ -135,14 +136,24 @@ class Compactor:
     def _step_root(self, root: Root) -> bool:
         now = self._clock()
         compaction.tidy(root, self.policy, now_us=now)
-        for hour in compaction.hours_to_compact(root, now, self.policy):
-            if (root.url, hour) in self._failed:
+        due = compaction.hours_to_compact(root, now, self.policy)
+        # When each hour's files were first seen as they are: while a backlog still flows into an
+        # hour, compacting it would rewrite the whole hour again and again, so wait one interval.
+        before = self._seen.get(root.url, {})
+        seen = {h: before[h] if h in before and before[h][0] == n else (n, now) for h, n in due.items()}
+        self._seen[root.url] = seen
+        for hour in due:
+            if (root.url, hour) in self._failed or now - seen[hour][1] < self.interval_s * 1_000_000:
                 continue
             try:
-                entry = compaction.compact_hour(root, hour, self.policy, self.scratch, now_us=now)
+                entry = compaction.compact_hour(
+                    root, hour, self.policy, self.scratch, now_us=now, stopping=self._stop.is_set
+                )
             except compaction.VerificationFailed:
                 self._failed.add((root.url, hour))  # rolled back; not again until the server restarts
                 raise
+            except compaction.Interrupted:
+                return False
             if entry is not None:
                 self.hours_compacted += 1
                 return True
