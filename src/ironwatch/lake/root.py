@@ -169,11 +169,13 @@ class LocalRoot:
         if base.is_file():
             return [prefix]
         out = []
+        skip = len(os.path.join(self.directory, ""))  # slicing strings: every query lists its views
         for dirpath, _dirs, files in os.walk(base):
+            folder = dirpath[skip:].replace(os.sep, "/")
             for name in files:
                 if name.startswith("."):
                     continue  # temporaries of writes in progress
-                out.append(Path(dirpath, name).relative_to(self.directory).as_posix())
+                out.append(f"{folder}/{name}" if folder else name)
         return sorted(out)
 
     def delete(self, path: str) -> None:
