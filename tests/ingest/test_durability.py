@@ -252,3 +252,20 @@ def test_a_second_server_on_the_same_data_dir_is_refused(lab: Lab) -> None:
     lab.server()
     with pytest.raises(AssertionError, match="another ironwatch server is already using"):
         lab.server()
+
+
+def test_a_graceful_stop_writes_everything_to_the_lake(lab: Lab) -> None:
+    acme = lab.tenant("acme", "gateway")
+    server = lab.server(IRONWATCH_LAKE__FLUSH_INTERVAL_S="600")
+    body = {
+        "gateway": "gw-1",
+        "batch": 1,
+        "site": "hall-a",
+        "readings": [{"ts": "2026-11-24T10:00:00Z", "sensor": "s-1", "metric": "rpm", "value": 1.0}],
+    }
+    with server.client(acme.keys["gateway"]) as gw:
+        assert gw.post("/api/v1/ingest", json=body).status_code == 200
+    assert not list((lab.data_dir / "lake" / "acme").rglob("*.parquet")), "still only in the log"
+    server.stop()
+    assert list((lab.data_dir / "lake" / "acme" / "readings").rglob("*.parquet")), "SIGTERM flushes"
+    assert not [p for p in (lab.data_dir / "wal").glob("*.wal") if p.stat().st_size], "the log is empty"

@@ -15,24 +15,21 @@ from ironwatch.web.services import Services
 
 
 def create_app(
-    settings: Settings, services: Services | None = None, *, manage_services: bool = True
+    settings: Settings, services: Services | None = None, *, services_started: bool = False
 ) -> FastAPI:
-    """The ironwatch HTTP API; the services start with the app and stop with it.
-
-    With ``manage_services=False`` the caller starts and stops ``services`` itself (the server
-    does, so that a failure to start is reported as one clear error before anything listens).
-    """
+    """The ironwatch HTTP API; the services start with the app (unless ``services_started``: the
+    server starts them first, so that a failure to start is one clear error) and always stop with
+    it, inside the server's shutdown (uvicorn ends the process by re-raising the signal after)."""
     services = services or Services.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if manage_services:
+        if not services_started:
             services.start()
         try:
             yield
         finally:
-            if manage_services:
-                services.stop()
+            services.stop()
 
     app = FastAPI(
         title="ironwatch",

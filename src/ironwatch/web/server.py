@@ -31,10 +31,10 @@ async def serve_async(settings: Settings, on_ready: object = None) -> None:
         listener.close()
         raise
     try:
-        app = create_app(settings, services, manage_services=False)
+        app = create_app(settings, services, services_started=True)
         await _serve(settings, app, listener, on_ready)
     finally:
-        services.stop()
+        services.stop()  # already done by the app's shutdown, unless uvicorn never got that far
 
 
 async def _serve(settings: Settings, app: FastAPI, listener: socket.socket, on_ready: object) -> None:

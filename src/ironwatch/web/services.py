@@ -65,6 +65,10 @@ class Services:
             self.mqtt.start()
 
     def stop(self) -> None:
+        """Stop every part, once: later calls do nothing."""
+        if getattr(self, "_stopped", False):
+            return
+        self._stopped = True
         if self.mqtt is not None:
             self.mqtt.stop()
         self.jobs.stop()
