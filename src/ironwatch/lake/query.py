@@ -39,11 +39,13 @@ def connect(
     threads: int = 2,
     tables: Mapping[str, pa.Table] | None = None,
     is_profiled: bool = False,
+    sql: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A sandboxed DuckDB connection with the tenant's views; nothing outside ``root`` is reachable.
 
     ``tables`` adds in-memory views (such as ``sensors`` from the metadata database) by name;
-    ``is_profiled`` keeps DuckDB's profile of each query in memory (for the bytes it read).
+    ``is_profiled`` keeps DuckDB's profile of each query in memory (for the bytes it read); with
+    ``sql``, only the lake views that statement can use are set up (see ``views.needed``).
     """
     con = duckdb.connect(":memory:")
     try:
@@ -52,7 +54,7 @@ def connect(
         con.execute(f"SET threads = {int(threads)}")
         if is_profiled:
             con.execute("SET enable_profiling = 'no_output'")
-        for view in views.LAKE_VIEWS:
+        for view in views.needed(sql):
             con.execute(f"CREATE VIEW {view.name} AS {views.view_sql(root, view)}")
         for name, table in (tables or {}).items():
             con.register(name, table)
@@ -173,7 +175,7 @@ def stream(
     """
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidInput("sql", "expected a non-empty SQL statement")
-    con = connect(root, memory_limit=memory_limit, tables=tables, is_profiled=is_profiled)
+    con = connect(root, memory_limit=memory_limit, tables=tables, is_profiled=is_profiled, sql=sql)
     answer = Stream(con, sql, timeout_s, memory_limit)
     timer = threading.Timer(timeout_s, answer._time_out)
     timer.daemon = True

@@ -36,6 +36,7 @@ whose mean is very large against their spread.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from ironwatch.lake.journal import visible_files
 from ironwatch.lake.root import Root
@@ -116,6 +117,25 @@ ROLLUP_1H = LakeView(
 
 #: Every view created in each query's sandbox, in order.
 LAKE_VIEWS: tuple[LakeView, ...] = (READINGS, QUARANTINE, ROLLUP_1M, ROLLUP_1H)
+
+
+#: Words in SQL that look at the catalog (``SHOW TABLES``, ``information_schema``): every view is needed.
+_CATALOG = re.compile(r"information_schema|duckdb_|pg_|sqlite_|\bshow\b|\bpragma\b|table_info")
+
+
+def needed(sql: str | None) -> tuple[LakeView, ...]:
+    """The views a statement can use: those it names, or all if it looks at the catalog (or is unknown).
+
+    Setting a view up lists its folder and binds its files, a few milliseconds each; a query of one
+    view should not pay for the others. A word that starts like a view's name (``reading``) sets it
+    up too, so that DuckDB's "did you mean readings?" still helps with typing errors.
+    """
+    if sql is None:
+        return LAKE_VIEWS
+    text = sql.lower()
+    if _CATALOG.search(text):
+        return LAKE_VIEWS
+    return tuple(v for v in LAKE_VIEWS if re.search(rf"\b{v.name[:5]}", text))
 
 
 def _quote(text: str) -> str:
