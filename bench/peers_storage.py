@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,12 @@ def peers_workload() -> object:
     return module
 
 
-def segments(pw: object, minutes: int, flush_s: int) -> list[pa.Table]:
+def segments(pw: object, minutes: int, flush_s: int) -> Iterator[pa.Table]:
     """The readings as the server would flush them: ``flush_s`` seconds of both gateways each."""
     wl = pw.Workload(readings=pw.N_SERIES * minutes * 60, start_ms=1_764_000_000_000 // 3_600_000 * 3_600_000)
     received = {}
+    rng = np.random.default_rng(1124)  # network and server latency: random, to the microsecond
     metrics = np.array(pw.METRICS, dtype=object)
-    out = []
     for first in range(0, minutes * 60, flush_s):
         steps = np.arange(first, min(first + flush_s, minutes * 60), dtype=np.int64)
         step = np.repeat(steps, pw.N_SERIES)
@@ -63,11 +64,10 @@ def segments(pw: object, minutes: int, flush_s: int) -> list[pa.Table]:
             for b in np.unique(batch[gateway == g]).tolist():
                 if (g, b) not in received:
                     last_step = (b * 1000 - 1) // width
-                    received[(g, b)] = (
-                        wl.start_ms * 1000 + last_step * 1_000_000 + 20_000 + (b * 7919 + g) % 60_000
-                    )
+                    latency_us = int(rng.integers(20_000, 80_000))
+                    received[(g, b)] = wl.start_ms * 1000 + last_step * 1_000_000 + latency_us
         recv = np.array([received[(g, b)] for g, b in zip(gateway.tolist(), batch.tolist(), strict=True)])
-        out.append(
+        yield (
             pa.table(
                 {
                     "site": pa.array(np.full(len(step), "hall-a", dtype=object), pa.string()),
@@ -81,7 +81,6 @@ def segments(pw: object, minutes: int, flush_s: int) -> list[pa.Table]:
                 }
             )
         )
-    return out
 
 
 def peak_rss_mib(stop: threading.Event, peak: list[float]) -> None:
