@@ -16,6 +16,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from lakefiles import ALL_READINGS, HOURS, MINUTES, assert_rollups_match_raw, sql
 
 from conftest import Lab, wait_until
@@ -60,7 +61,9 @@ def shuffled(doc: dict[str, object], rng: random.Random) -> dict[str, object]:
     return {**doc, "columns": {k: [v[i] for i in order] for k, v in columns.items()}}
 
 
+@pytest.mark.heavy
 def test_rollups_of_a_three_hour_outage_equal_raw_and_a_rebuild(lab: Lab) -> None:
+    """12 sensors every 15 s by default; IRONWATCH_HEAVY=1: 60 sensors every 2 s (1.2M readings)."""
     acme = lab.tenant("acme", "gateway", "analyst")
     server = lab.server(IRONWATCH_LAKE__COMPACTION="false")
     rng = random.Random(3)
