@@ -30,4 +30,6 @@ def test_batch_round_trip(lab: Lab) -> None:
             assert r.status_code == 200, r.text
             return r.json()["rows"]
 
-        assert wait_until(rows, what="rows in the lake") == [["s-0001", 41.7], ["s-0002", 1450.0]]
+        # A flush writes one file per hour partition, one after the other: wait for both.
+        expected = [["s-0001", 41.7], ["s-0002", 1450.0]]
+        assert wait_until(lambda: rows() == expected, what="rows in the lake")
