@@ -217,3 +217,12 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     broker = Broker(port, conf, binary).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on a private cluster, shared by one test module."""
+    from pg import postgres_cluster  # pg imports this module: import it only when needed
+
+    with postgres_cluster() as url:
+        yield url

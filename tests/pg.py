@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from conftest import free_port, require_tool
+from ironwatch.store import Store
 
 
 def _bin(name: str) -> str:
@@ -68,3 +69,10 @@ def postgres_cluster() -> Iterator[str]:
             subprocess.run([*run_as, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def empty_postgres(store: Store) -> None:
+    """Drop every table, so the next test on the same database starts from an empty one."""
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")

@@ -18,15 +18,7 @@ from ironwatch.store import (
     save_health,
     set_declared_rate,
 )
-from pg import postgres_cluster
-
-TABLES = ("sensor_health", "gateway_health", "sensors", "gateways", "api_keys", "tenants", "schema_version")
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with postgres_cluster() as url:
-        yield url
+from pg import empty_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -40,9 +32,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s.create_tenant("other", "file:///srv/other")
     yield s
     if request.param == "postgres":
-        with s.engine.begin() as conn:
-            for table in TABLES:
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
+        empty_postgres(s)
     s.close()
 
 

@@ -10,13 +10,6 @@ import pytest
 from conftest import Lab, wait_until
 from ironwatch.errors import NotFound
 from ironwatch.store import QueryRecords, Store
-from pg import postgres_cluster
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with postgres_cluster() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

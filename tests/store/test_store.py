@@ -10,13 +10,7 @@ import pytest
 from ironwatch.errors import Conflict, InvalidInput, NotFound
 from ironwatch.model import Role
 from ironwatch.store import Store
-from pg import postgres_cluster
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with postgres_cluster() as url:
-        yield url
+from pg import empty_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -28,9 +22,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s = Store(url)
     yield s
     if request.param == "postgres":
-        with s.engine.begin() as conn:
-            for table in ("sensors", "gateways", "api_keys", "tenants", "schema_version"):
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
+        empty_postgres(s)
     s.close()
 
 

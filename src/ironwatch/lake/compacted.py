@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ironwatch.lake import rollup
+from ironwatch.lake.layout import readings_options
 from ironwatch.lake.spill import Chunk
 from ironwatch.model import READINGS_SCHEMA, TS_TYPE
 
@@ -61,21 +62,13 @@ class Writer:
         self.rows = 0
         self._pending: Chunk | None = None
         self._minutes: list[rollup.Partials] = []
+        options = readings_options(value_encoding="PLAIN", compression_level=compression_level)
         self._writer = pq.ParquetWriter(
             sink,
             READINGS_SCHEMA,
-            compression="zstd",
-            compression_level=compression_level,
-            use_dictionary=["sensor", "metric", "gateway"],
-            column_encoding={
-                "ts": "DELTA_BINARY_PACKED",
-                "value": "PLAIN",
-                "batch": "DELTA_BINARY_PACKED",
-                "received_at": "DELTA_BINARY_PACKED",
-            },
-            write_statistics=True,
             write_page_index=True,
             data_page_size=PAGE_BYTES,
+            **options,  # type: ignore[arg-type]
         )
 
     def add(self, chunk: Chunk) -> None:

@@ -36,23 +36,26 @@ def quarantine_path(day_us: int, name: str) -> str:
     return f"quarantine/date={moment:%Y-%m-%d}/{name}.parquet"
 
 
-def _parquet_bytes(table: pa.Table, compression_level: int) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(
-        table,
-        sink,
-        compression="zstd",
-        compression_level=compression_level,
-        use_dictionary=["sensor", "metric", "gateway"],
-        column_encoding={
+def readings_options(*, value_encoding: str, compression_level: int) -> dict[str, object]:
+    """Parquet writer options of readings files: dictionary names, delta-encoded times and batch."""
+    return {
+        "compression": "zstd",
+        "compression_level": compression_level,
+        "use_dictionary": ["sensor", "metric", "gateway"],
+        "column_encoding": {
             "ts": "DELTA_BINARY_PACKED",
-            "value": "BYTE_STREAM_SPLIT",
+            "value": value_encoding,
             "batch": "DELTA_BINARY_PACKED",
             "received_at": "DELTA_BINARY_PACKED",
         },
-        row_group_size=1_000_000,
-        write_statistics=True,
-    )
+        "write_statistics": True,
+    }
+
+
+def _parquet_bytes(table: pa.Table, compression_level: int) -> bytes:
+    sink = pa.BufferOutputStream()
+    options = readings_options(value_encoding="BYTE_STREAM_SPLIT", compression_level=compression_level)
+    pq.write_table(table, sink, row_group_size=1_000_000, **options)  # type: ignore[arg-type]
     return bytes(sink.getvalue())
 
 
