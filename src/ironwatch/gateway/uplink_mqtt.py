@@ -1,0 +1,173 @@
+"""MQTT uplink: batch envelopes published with QoS 1 to ``ironwatch/{tenant}/{site}/{gateway}/readings``.
+
+A batch counts as delivered only on a PUBACK whose reason code says a subscriber took it. The
+server's subscriber acknowledges only once a batch is durable, but a broker answers by itself when
+nobody is subscribed: MQTT v5 says so with reason code 16 ("no matching subscribers"), which this
+uplink treats as *not delivered* (MQTT 3.1.1 cannot tell, which is why the gateway speaks v5). That
+happens for a moment after a broker restart, before the server's shared subscription is back.
+
+The session is persistent (clean start off, a session expiry), and messages are republished from
+the outbox after any reconnection, so a message lost with a connection is sent again; the server
+answers a batch it already holds as a duplicate.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from ironwatch.errors import MissingDependency
+from ironwatch.gateway.config import GatewayConfig
+from ironwatch.gateway.outbox import Batch
+from ironwatch.gateway.uplink import LinkDown, Result
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+SESSION_EXPIRY_S = 24 * 3600
+KEEPALIVE_S = 30
+_NO_MATCHING_SUBSCRIBERS = 16
+
+
+class MqttUplink:
+    """Publishes through a broker; the connection is kept up by paho's network thread."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        try:
+            import paho.mqtt.client
+
+            mqtt: Any = paho.mqtt.client
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+        except ImportError as exc:
+            raise MissingDependency("paho-mqtt", "mqtt") from exc
+        up = config.uplink
+        parts = urlsplit(up.url)
+        self._is_tls = parts.scheme == "mqtts"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (8883 if self._is_tls else 1883)
+        self.target = f"{parts.scheme}://{self._host}:{self._port}"
+        self._timeout_s = up.timeout_s
+        base = f"ironwatch/{up.tenant}/{config.site}/{config.gateway}"
+        self._readings_topic = f"{base}/readings"
+        self._heartbeat_topic = f"{base}/heartbeat"
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Future[int]] = {}
+        self._last_error = "not connected yet"
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"ironwatch-gateway-{config.gateway}",
+            protocol=mqtt.MQTTv5,
+        )
+        client.max_inflight_messages_set(max(20, up.in_flight * 4))
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(min_delay=1, max_delay=int(max(1, up.backoff_max_s)))
+        if up.username:
+            client.username_pw_set(up.username, up.password)
+        if self._is_tls:
+            client.tls_set_context(ssl.create_default_context())
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        client.connect_async(self._host, self._port, KEEPALIVE_S, clean_start=False, properties=props)
+        client.loop_start()
+        self._client = client
+        self._mqtt = mqtt
+
+    def _on_connect(
+        self, client: Client, userdata: Any, flags: ConnectFlags, rc: ReasonCode, props: Properties | None
+    ) -> None:
+        if rc.is_failure:
+            self._last_error = f"the broker refused the connection: {rc}"
+            return
+        self._connected.set()
+
+    def _on_disconnect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        rc: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        self._connected.clear()
+        self._last_error = f"disconnected: {rc}"
+        # Whatever was in flight is not known to be delivered: fail it now, the outbox resends it.
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(LinkDown(f"{self.target}: {self._last_error}"))
+
+    def _on_publish(
+        self, client: Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties | None
+    ) -> None:
+        with self._lock:
+            future = self._waiting.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(int(rc.value))
+
+    def _publish(self, topic: str, payload: bytes) -> Future[int]:
+        future: Future[int] = Future()
+        if not self._connected.wait(self._timeout_s):
+            future.set_exception(LinkDown(f"{self.target}: {self._last_error}"))
+            return future
+        with self._lock:
+            info = self._client.publish(topic, payload, qos=1)
+            if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+                future.set_exception(LinkDown(f"{self.target}: {self._mqtt.error_string(info.rc)}"))
+            else:
+                self._waiting[info.mid] = future
+        return future
+
+    def _result(self, batch: Batch, future: Future[int], deadline: float) -> Result:
+        try:
+            code = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except LinkDown as exc:
+            return Result(batch, "failed", reason=exc.message)
+        except TimeoutError:
+            return Result(batch, "failed", reason=f"{self.target}: no PUBACK within {self._timeout_s:g} s")
+        if code == _NO_MATCHING_SUBSCRIBERS:
+            return Result(batch, "failed", reason=f"{self.target}: no server is subscribed (reason code 16)")
+        if code >= 128:
+            return Result(batch, "failed", reason=f"{self.target}: the broker refused the message ({code})")
+        return Result(batch, "delivered")
+
+    def send(self, batches: Sequence[Batch]) -> list[Result]:
+        """Publish every batch, then wait for their PUBACKs."""
+        futures = [self._publish(self._readings_topic, b.payload) for b in batches]
+        deadline = time.monotonic() + self._timeout_s
+        return [self._result(b, f, deadline) for b, f in zip(batches, futures, strict=True)]
+
+    def heartbeat(self, doc: dict[str, Any]) -> None:
+        """Publish one heartbeat and wait for its PUBACK."""
+        future = self._publish(self._heartbeat_topic, orjson.dumps(doc))
+        try:
+            code = future.result(timeout=self._timeout_s)
+        except TimeoutError:
+            raise LinkDown(f"{self.target}: no PUBACK for the heartbeat") from None
+        if code == _NO_MATCHING_SUBSCRIBERS or code >= 128:
+            raise LinkDown(f"{self.target}: the heartbeat was not taken (reason code {code})")
+
+    def check(self, heartbeat: dict[str, Any]) -> None:
+        """Connect and publish one heartbeat that a server must take."""
+        if not self._connected.wait(self._timeout_s):
+            raise LinkDown(f"cannot reach the broker {self.target}: {self._last_error}")
+        self.heartbeat(heartbeat)
+
+    def close(self) -> None:
+        """Disconnect and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()

@@ -1,0 +1,170 @@
+"""The outbox: durable, ordered, exact counts, bounded in bytes (oldest dropped, counted), kill -9 safe."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+
+from conftest import wait_until
+from ironwatch.gateway.outbox import OutboxError, decode_sample, open_outbox
+from ironwatch.gateway.source import SAMPLE_SCHEMA
+
+T0 = 1_790_000_000_000
+
+
+def readings(n: int, start_ms: int = T0, sensors: int = 10, seed: int = 1) -> pa.Table:
+    """``n`` readings, one per 100 ms, round-robin over sensors, with noisy values."""
+    rng = np.random.default_rng(seed)
+    idx = np.arange(n)
+    return pa.table(
+        {
+            "ts_ms": start_ms + idx * 100,
+            "sensor": [f"s-{i % sensors:04d}" for i in range(n)],
+            "metric": ["temperature_c"] * n,
+            "value": rng.normal(40, 5, n),
+        },
+        schema=SAMPLE_SCHEMA,
+    )
+
+
+def payload(batch_payload: bytes) -> dict:
+    return orjson.loads(gzip.decompress(batch_payload))
+
+
+def test_readings_flow_in_order_with_exact_counts(tmp_path: Path) -> None:
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=64 << 20)
+    assert box.add(readings(2500)) == 2500
+    assert box.form_batches(1000, max_age_s=60, now_ms=T0) == 2  # the rest of 500 waits
+    counts = box.counts()
+    assert (counts.sampled, counts.buffered, counts.batches, counts.last_batch) == (2500, 2500, 2, 2)
+    assert box.form_batches(1000, max_age_s=0) == 1  # due now: the rest goes too
+    batches = box.next_batches(10)
+    assert [b.seq for b in batches] == [1, 2, 3]
+    docs = [payload(b.payload) for b in batches]
+    assert [len(d["columns"]["ts"]) for d in docs] == [1000, 1000, 500]
+    assert all(d["gateway"] == "gw-1" and d["site"] == "hall-a" for d in docs)
+    ts = np.concatenate([d["columns"]["ts"] for d in docs])
+    assert (np.diff(ts) > 0).all(), "batches hold the readings oldest first"
+    box.acknowledge(batches[:2])
+    counts = box.counts()
+    assert (counts.acknowledged, counts.sent, counts.buffered, counts.batches) == (2000, 2000, 500, 1)
+    box.mark_attempted(batches[2])
+    assert box.counts().sent == 2500
+    box.dead_letter([batches[2]])
+    counts = box.counts()
+    assert (counts.dead_lettered, counts.buffered, counts.buffer_bytes) == (500, 0, 0)
+    assert box.size_bytes == 0
+
+
+def test_a_reopened_outbox_keeps_batches_counts_and_numbering(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = open_outbox(path, gateway="gw-1", site="hall-a", max_bytes=64 << 20)
+    box.add(readings(1500))
+    box.form_batches(1000, max_age_s=60, now_ms=T0)
+    box.close()
+    box = open_outbox(path, gateway="gw-1", site="hall-a", max_bytes=64 << 20)
+    assert box.counts().sampled == 1500
+    box.add(readings(700, start_ms=T0 + 10_000_000))
+    assert box.form_batches(1000, max_age_s=60) == 1
+    assert [b.seq for b in box.next_batches(5)] == [1, 2]
+    second = payload(box.next_batches(5)[1].payload)
+    assert len(second["columns"]["ts"]) == 1000 and second["batch"] == 2
+
+
+def test_another_gateways_outbox_is_refused(tmp_path: Path) -> None:
+    open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=64 << 20).close()
+    with pytest.raises(OutboxError, match="belongs to gateway gw-1 of site hall-a"):
+        open_outbox(tmp_path / "o.db", gateway="gw-2", site="hall-a", max_bytes=64 << 20)
+
+
+def test_a_full_buffer_drops_the_oldest_batches_and_counts_them_exactly(tmp_path: Path) -> None:
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=1 << 20)
+    added = 0
+    chunk = 5000
+    for i in range(60):  # far more than a megabyte of readings: random values do not compress
+        added += box.add(readings(chunk, start_ms=T0 + i * chunk * 100, seed=i))
+        box.form_batches(chunk, max_age_s=60)
+    counts = box.counts()
+    assert counts.sampled == added
+    assert counts.dropped > 0
+    assert counts.buffer_bytes <= 1 << 20
+    # Every reading is either still buffered or counted as dropped: nothing vanished unaccounted.
+    assert counts.buffered + counts.dropped == added
+    batches = box.next_batches(1000)
+    assert [b.seq for b in batches] == list(range(1, counts.last_batch + 1)), "numbers stay contiguous"
+    tombstones = [b for b in batches if b.is_tombstone]
+    assert tombstones and tombstones == batches[: len(tombstones)], "the oldest are the ones dropped"
+    assert sum(len(payload(b.payload)["columns"]["ts"]) for b in tombstones) == 0
+    kept = [b for b in batches if not b.is_tombstone]
+    assert sum(b.readings for b in kept) == counts.buffered  # nothing is left pending here
+    oldest_kept = min(payload(b.payload)["columns"]["ts"][0] for b in kept)
+    assert oldest_kept > T0, "the newest readings survive"
+
+
+def test_a_batch_dropped_while_on_its_way_is_not_counted_twice(tmp_path: Path) -> None:
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=1 << 20)
+    box.add(readings(5000, seed=1))
+    box.form_batches(5000, max_age_s=60)
+    in_flight = box.next_batches(1)[0]
+    i = 1
+    while box.counts().dropped == 0:  # fill until the buffer drops the batch being sent
+        box.add(readings(5000, start_ms=T0 + i * 500_000, seed=i + 1))
+        box.form_batches(5000, max_age_s=60)
+        i += 1
+    assert box.next_batches(1)[0].is_tombstone
+    box.acknowledge([in_flight])  # ... and then the server's answer for the full batch comes
+    counts = box.counts()
+    assert counts.acknowledged == 5000
+    assert counts.buffered + counts.dropped + counts.acknowledged == counts.sampled
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np, pyarrow as pa
+    from ironwatch.gateway.outbox import open_outbox
+    from ironwatch.gateway.source import SAMPLE_SCHEMA
+    box = open_outbox(__import__("pathlib").Path(sys.argv[1]), gateway="gw-1", site="s", max_bytes=1 << 30)
+    i = 0
+    while True:
+        n = 300
+        t = pa.table({"ts_ms": 1_790_000_000_000 + i * 1000 + np.arange(n), "sensor": ["s-1"] * n,
+                      "metric": ["m"] * n, "value": np.arange(n, dtype=float)}, schema=SAMPLE_SCHEMA)
+        box.add(t)
+        box.form_batches(1000, max_age_s=60)
+        if i == 20:
+            print("going", flush=True)
+        i += 1
+    """
+)
+
+
+def test_kill_9_while_sampling_loses_no_sampled_reading(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=os.environ
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "going"
+    box = open_outbox(path, gateway="gw-1", site="s", max_bytes=1 << 30)
+    wait_until(lambda: box.counts().sampled > 30_000, 30, what="30000 sampled readings")
+    box.close()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    box = open_outbox(path, gateway="gw-1", site="s", max_bytes=1 << 30)
+    counts = box.counts()
+    stored = sum(b.readings for b in box.next_batches(100_000))
+    pending = box._writer.execute("SELECT data FROM pending").fetchall()
+    stored += sum(decode_sample(row[0]).num_rows for row in pending)
+    assert counts.sampled == stored == counts.buffered
+    assert counts.sampled % 300 == 0, "a chunk is either all in or not in at all"
