@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 from ironwatch import __version__, config
 from ironwatch.errors import InvalidInput, IronwatchError, QueryError
+from ironwatch.gateway.commands import register as register_gateway
 from ironwatch.logs import setup as setup_logging
 from ironwatch.model import Role
 
@@ -391,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop this many seconds after it is ready (default: Ctrl-C)",
     )
+
+    register_gateway(sub)
 
     cfg = sub.add_parser("config", help="show the settings").add_subparsers(
         dest="sub", required=True, metavar="SUB"

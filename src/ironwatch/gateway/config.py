@@ -238,3 +238,8 @@ def _number(
         bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
         raise ConfigError(f"{section}.{key}", f"{value} is out of range ({bounds})")
     return kind(value)
+
+
+def with_sources(config: GatewayConfig, tables: list[dict[str, Any]]) -> GatewayConfig:
+    """The same configuration with other ``[[sources]]`` tables (command-line overrides)."""
+    return dataclasses.replace(config, sources=tuple(tables))
