@@ -256,6 +256,22 @@ def cmd_bench_rollup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_gateway(args: argparse.Namespace) -> int:
+    """Measure the gateway: drain the backlog of an outage (x real time) and the CPU cost of sampling."""
+    from ironwatch.bench.gateway import run_gateway_bench
+
+    result = run_gateway_bench(
+        sensors=args.sensors,
+        outage_h=args.outage_hours,
+        rate_per_min=args.rate_per_min,
+        delivery=args.delivery,
+        sample_s=args.sample_seconds,
+        in_flight=args.in_flight,
+    )
+    _print_result(result, args.json)
+    return 0
+
+
 def cmd_bench_query(args: argparse.Namespace) -> int:
     """Measure SQL: one sensor-metric-day from a week-long compacted lake, through the sandbox."""
     from ironwatch.bench.query import run_query_bench
@@ -486,6 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensors", type=int, default=550, help="sensors of 17 metrics (default 550)")
     p.add_argument("--seconds", type=int, default=3600, help="seconds of 1 Hz readings (default 3600)")
     p.add_argument("--runs", type=int, default=5, help="timed runs; the median counts (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = _add(bench, "gateway", cmd_bench_gateway, "ironwatch bench gateway --json")
+    p.add_argument("--sensors", type=int, default=550, help="simulated sensors of 17 metrics (default 550)")
+    p.add_argument("--outage-hours", type=float, default=6.0, help="length of the outage (default 6)")
+    p.add_argument("--rate-per-min", type=float, default=30.0, help="declared readings per metric per minute")
+    p.add_argument("--delivery", type=float, help="share of readings delivered (default: the simulator's)")
+    p.add_argument(
+        "--sample-seconds", type=float, default=30.0, help="live sampling run (default 30; 0 skips)"
+    )
+    p.add_argument("--in-flight", type=int, default=4, help="batches on their way at once (default 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = _add(bench, "query", cmd_bench_query, "ironwatch bench query --lake-dir /var/tmp/iw-week --json")
     p.add_argument("--days", type=int, default=7, help="days of readings in the lake (default 7)")
