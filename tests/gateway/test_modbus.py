@@ -299,3 +299,15 @@ def test_template_builds_a_source() -> None:
     source = from_config(table, "sources[0]", Path("."))
     assert source.name == "modbus 192.168.0.10:502"
     assert source.interval_s == 1.0
+
+
+def test_the_documented_register_map_builds() -> None:
+    import re
+    import tomllib
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "plc-sources.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
+    tables = [t for b in blocks for t in tomllib.loads(b).get("sources", []) if t["type"] == "modbus"]
+    (table,) = tables
+    source = from_config(table, "sources[0]", Path("."))
+    assert [(b.table, b.start, b.count) for b in source.blocks] == [("holding", 0, 8), ("input", 100, 2)]

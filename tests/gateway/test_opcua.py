@@ -209,3 +209,15 @@ def test_template_builds_a_source() -> None:
     source = from_config(table, "sources[0]", Path("."))
     assert source.name == "opcua 192.168.0.20:4840"
     assert (source.interval_s, source.publishing_interval_ms, source.timeout_s) == (1.0, 500.0, 4.0)
+
+
+def test_the_documented_node_map_builds() -> None:
+    import re
+    import tomllib
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "plc-sources.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
+    tables = [t for b in blocks for t in tomllib.loads(b).get("sources", []) if t["type"] == "opcua"]
+    (table,) = tables
+    source = from_config(table, "sources[0]", Path("."))
+    assert [n.metric for n in source.nodes] == ["current", "temperature", "displacement_mm", "running"]
