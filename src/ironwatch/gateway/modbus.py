@@ -125,9 +125,13 @@ class Modbus:
     def _connect(self, source: str) -> None:
         if self._client.connected:
             return
+        # A plain connect first: pymodbus would log an error for every failed attempt (once per
+        # interval during an outage) and keep the reason to itself; this way it is in the message.
+        failure = _connect_failure(self.host, self.port, self.timeout_s)
+        if failure is not None:
+            raise SourceUnavailable(source, failure)
         if not self._client.connect():
-            # pymodbus only logs why a connect failed; one plain attempt recovers the reason.
-            raise SourceUnavailable(source, _connect_failure(self.host, self.port, self.timeout_s))
+            raise SourceUnavailable(source, "cannot connect")
 
     def _poll(self, source: str, config_errors: bool = False) -> np.ndarray[Any, np.dtype[np.uint16]]:
         from pymodbus.exceptions import ModbusException
@@ -176,12 +180,12 @@ class Modbus:
         if "closed" in text:
             return "the PLC closed the connection"
         if "Failed to connect" in text:
-            return _connect_failure(self.host, self.port, self.timeout_s)
+            return _connect_failure(self.host, self.port, self.timeout_s) or "cannot connect"
         return text.removeprefix("Modbus Error: ")
 
 
-def _connect_failure(host: str, port: int, timeout_s: float) -> str:
-    """Why a TCP connection to ``host:port`` cannot be made, in a few words."""
+def _connect_failure(host: str, port: int, timeout_s: float) -> str | None:
+    """Why a TCP connection to ``host:port`` cannot be made, in a few words; None when it can."""
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except TimeoutError:
@@ -192,7 +196,7 @@ def _connect_failure(host: str, port: int, timeout_s: float) -> str:
         if exc.errno == errno.ECONNREFUSED:
             return "connection refused"
         return exc.strerror or str(exc)
-    return "cannot connect"
+    return None
 
 
 def from_config(table: Mapping[str, Any], where: str, base_dir: Path) -> Modbus:
