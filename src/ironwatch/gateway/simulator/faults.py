@@ -64,11 +64,13 @@ KINDS: dict[str, Kind] = {
                 "vibration_rms_y_mm_s",
                 "vibration_rms_z_mm_s",
                 "acceleration_peak_y_g",
+                "acceleration_peak_z_g",
+                "ultrasound_db",
                 "temperature_c",
                 "current_a",
             ),
             "shaft misalignment at the {component} of {machine}: radial (y) and axial (z) vibration with a "
-            "2x rhythm, a warmer coupling and a little more current",
+            "2x rhythm, a warmer coupling, more ultrasound and a little more current",
         ),
         Kind(
             "overheating",

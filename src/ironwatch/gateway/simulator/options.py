@@ -25,7 +25,7 @@ backfill_days = 0.0           # days of history produced quickly before the live
 # start = 2026-01-05T05:00:00Z  # simulated time at start-up (default: now)
 faults = "default"            # "default" (drawn from the seed), "none", or a list of tables:
 # faults = [
-#   {kind = "bearing_wear", sensor = "s-0003", start = 2026-01-05T06:00:00Z, duration_h = 48.0, severity = 0.8},
+#  {kind = "bearing_wear", sensor = "s-0003", start = 2026-01-05T06:00:00Z, duration_h = 48, severity = 0.8},
 # ]
 ground_truth = "simulator-faults.jsonl"  # JSON lines of the injected faults, next to this file; "" for none
 interval_s = 1.0              # how often the gateway reads the simulator

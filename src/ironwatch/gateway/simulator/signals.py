@@ -113,7 +113,7 @@ class Physics:
         out[:, _M["rpm"]] = rpm
         out[:, _M["belt_speed_m_s"]] = rpm * roller * (1.0 - belt_slip)
         out[:, _M["voltage_v"]] = 400.0 + p.line_voltage_offset_v[line] - 3.5 * effective - 1.5 * daily
-        fluctuation = 1.0 + 0.04 * ex.misalignment + ex.slip * 0.25 * (stick - 0.5)
+        fluctuation = 1.0 + 0.04 * ex.misalignment + ex.slip * 0.3 * (stick - 0.5)
         out[:, _M["current_a"]] = (
             ramp * p.machine_rated_current_a[machine] * (0.35 + 0.65 * load) * fluctuation
         )
