@@ -216,9 +216,9 @@ def from_config(
                 raise ConfigError(f"{where}.{key}", "a wide file (with metrics = {...}) has no such column")
         if not isinstance(wide, Mapping) or not wide:
             raise ConfigError(f"{where}.metrics", 'must be a table {column = "metric_name", ...}')
-        for column, metric in wide.items():
-            if not isinstance(metric, str) or not ID_PATTERN.match(metric):
-                raise ConfigError(f"{where}.metrics.{column}", f"{metric!r} is not a valid metric name")
+        for column, name in wide.items():
+            if not isinstance(name, str) or not ID_PATTERN.match(name):
+                raise ConfigError(f"{where}.metrics.{column}", f"{name!r} is not a valid metric name")
     else:
         names["metric_column"] = _text(table, "metric_column", where, "metric")
         names["value_column"] = _text(table, "value_column", where, "value")
@@ -233,7 +233,7 @@ def from_config(
     if wide is not None:
         n = data.num_rows
         ts = np.tile(ts, len(wide))
-        sensor = pa.concat_arrays([sensor] * len(wide)) if wide else sensor
+        sensor = pa.concat_arrays([sensor] * len(wide))
         metric = pa.concat_arrays([pa.repeat(pa.scalar(m, pa.string()), n) for m in wide.values()])
         value = pa.concat_arrays([_values(data[c], f"{where}.metrics.{c}") for c in wide])
     else:
