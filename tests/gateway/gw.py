@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -83,14 +84,31 @@ class GatewayProcess:
 
     def start(self) -> GatewayProcess:
         self.log_path = self.config.parent / "gateway.log"
-        args = [sys.executable, "-m", "ironwatch.cli", "gateway", "--config", str(self.config), *self.extra_args]
+        args = [
+            sys.executable,
+            "-m",
+            "ironwatch.cli",
+            "gateway",
+            "--config",
+            str(self.config),
+            *self.extra_args,
+        ]
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=os.environ)
         return self
 
     def status(self) -> dict[str, Any]:
         out = subprocess.run(
-            [sys.executable, "-m", "ironwatch.cli", "gateway", "status", "--config", str(self.config), "--json"],
+            [
+                sys.executable,
+                "-m",
+                "ironwatch.cli",
+                "gateway",
+                "status",
+                "--config",
+                str(self.config),
+                "--json",
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -170,10 +188,8 @@ class Proxy:
     def _serve(self, client: socket.socket) -> None:
         if self.is_cut.is_set():
             client.settimeout(2)
-            try:
+            with contextlib.suppress(OSError):
                 client.recv(700)  # take part of the request, then drop the connection
-            except OSError:
-                pass
             self.cuts += 1
             _close(client)
             return
@@ -203,10 +219,8 @@ class Proxy:
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
 
 

@@ -117,10 +117,9 @@ class Sender:
         if failed:
             self._fail(failed)
             return False
-        if not self.stats.is_link_up:
-            log.warning(
-                "uplink %s is up; %d readings buffered", self.uplink.target, self.outbox.counts().buffered
-            )
+        if not self.stats.is_link_up and self.stats.failures:
+            buffered = self.outbox.counts().buffered
+            log.warning("uplink %s is back; %d readings still buffered", self.uplink.target, buffered)
         self.stats.is_link_up = True
         self.backoff.reset()
         return True

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 SESSION_EXPIRY_S = 24 * 3600
 KEEPALIVE_S = 30
 _NO_MATCHING_SUBSCRIBERS = 16
+_EARLY_MAX_AGE_S = 2.0
 
 
 class MqttUplink:
@@ -63,6 +64,10 @@ class MqttUplink:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._waiting: dict[int, Future[int]] = {}
+        # PUBACKs that came before their message was registered, with when they came. Only a
+        # moment's old one counts: an old one is for a message of an earlier connection whose
+        # number (paho counts to 65535 and wraps) is used again now.
+        self._early: dict[int, tuple[int, float]] = {}
         self._last_error = "not connected yet"
         client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -107,6 +112,7 @@ class MqttUplink:
         # Whatever was in flight is not known to be delivered: fail it now, the outbox resends it.
         with self._lock:
             waiting, self._waiting = self._waiting, {}
+            self._early.clear()
         for future in waiting.values():
             if not future.done():
                 future.set_exception(LinkDown(f"{self.target}: {self._last_error}"))
@@ -116,6 +122,8 @@ class MqttUplink:
     ) -> None:
         with self._lock:
             future = self._waiting.pop(mid, None)
+            if future is None:  # the PUBACK came before ``_publish`` could register the message
+                self._early[mid] = (int(rc.value), time.monotonic())
         if future is not None and not future.done():
             future.set_result(int(rc.value))
 
@@ -124,12 +132,23 @@ class MqttUplink:
         if not self._connected.wait(self._timeout_s):
             future.set_exception(LinkDown(f"{self.target}: {self._last_error}"))
             return future
+        # Never hold our lock while paho works: its network thread calls ``_on_publish`` (which
+        # takes our lock) while it holds paho's own lock, which ``publish`` needs too.
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+            future.set_exception(LinkDown(f"{self.target}: {self._mqtt.error_string(info.rc)}"))
+            return future
+        now = time.monotonic()
         with self._lock:
-            info = self._client.publish(topic, payload, qos=1)
-            if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
-                future.set_exception(LinkDown(f"{self.target}: {self._mqtt.error_string(info.rc)}"))
-            else:
+            early = self._early.pop(info.mid, None)
+            if early is not None and now - early[1] > _EARLY_MAX_AGE_S:
+                early = None
+            if early is None:
                 self._waiting[info.mid] = future
+            if len(self._early) > 100:
+                self._early = {m: e for m, e in self._early.items() if now - e[1] <= _EARLY_MAX_AGE_S}
+        if early is not None:
+            future.set_result(early[0])
         return future
 
     def _result(self, batch: Batch, future: Future[int], deadline: float) -> Result:

@@ -1,0 +1,263 @@
+"""Store and forward, end to end: a real gateway process, a real server, outages, kill -9, a full buffer.
+
+Every test ends the same way: the lake holds exactly the readings the gateway sampled minus those it
+reports dropped, with no reading twice, checked with SQL against the counts the gateway prints on
+its last line.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gw import GatewayProcess, Proxy, duplicates, settle, simulator_config
+
+from conftest import Broker, Lab, wait_until
+
+GATEWAY = "gw-test"
+
+
+Check = Callable[[dict[str, Any]], bool]
+
+
+def _status_ok(gateway: GatewayProcess, check: Check) -> bool:
+    try:
+        return check(gateway.status())
+    except subprocess.CalledProcessError:
+        return False
+
+
+def wait_for(gateway: GatewayProcess, check: Check, what: str, timeout_s: float = 60) -> None:
+    """Poll ``gateway status`` until ``check`` holds for its counts."""
+    wait_until(lambda: _status_ok(gateway, check), timeout_s, interval_s=0.3, what=what)
+
+
+def assert_lake_matches(lab_client: object, counts: dict[str, int]) -> None:
+    assert counts["buffered"] == 0, counts
+    want = counts["sampled"] - counts["dropped"] - counts["dead_lettered"]
+    assert counts["acknowledged"] == want, counts
+    assert settle(lab_client, GATEWAY, want) == want, counts
+    assert duplicates(lab_client, GATEWAY) == 0
+
+
+def test_server_outage_loses_nothing_and_stores_nothing_twice(lab: Lab, tmp_path: Path) -> None:
+    tenant = lab.tenant("acme")
+    server = lab.server()
+    gateway = GatewayProcess(
+        simulator_config(tmp_path / "gw", server.url, key=tenant.keys["gateway"])
+    ).start()
+    try:
+        wait_for(gateway, lambda s: s["acknowledged"] > 1000, "acknowledged > 1000")
+        server.stop()
+        at_cut = gateway.status()
+        wait_for(
+            gateway,
+            lambda s: s["buffered"] > 2000 and s["sampled"] > at_cut["sampled"] + 2000,
+            f"buffered > 2000 and sampled > {at_cut['sampled'] + 2000}",
+        )
+        server.start()
+        wait_for(
+            gateway,
+            lambda s: s["acknowledged"] > at_cut["sampled"] + 2000,
+            f"acknowledged > {at_cut['sampled'] + 2000}",
+        )
+        # The server saw the gateway's heartbeats again, with its per-sensor status.
+        with server.client(tenant.keys["viewer"]) as viewer:
+            doc = wait_until(
+                lambda: viewer.get(f"/api/v1/gateways/{GATEWAY}").json().get("last_heartbeat"), 20
+            )
+        assert doc["gateway"] == GATEWAY and "buffer_depth" in doc and len(doc["sensors"]) == 20
+        counts = gateway.stop()
+    finally:
+        gateway.kill()
+    with server.client(tenant.keys["analyst"]) as analyst:
+        assert_lake_matches(analyst, counts)
+    assert counts["dropped"] == 0
+
+
+def test_a_link_cut_mid_request_loses_nothing(lab: Lab, tmp_path: Path) -> None:
+    tenant = lab.tenant("acme")
+    server = lab.server()
+    proxy = Proxy(server.port)
+    gateway = GatewayProcess(simulator_config(tmp_path / "gw", proxy.url, key=tenant.keys["gateway"])).start()
+    try:
+        wait_for(gateway, lambda s: s["acknowledged"] > 1000, "acknowledged > 1000")
+        proxy.cut()
+        at_cut = gateway.status()
+        wait_for(
+            gateway,
+            lambda s: s["sampled"] > at_cut["sampled"] + 3000,
+            f"sampled > {at_cut['sampled'] + 3000}",
+        )
+        assert proxy.cuts > 0, "the gateway kept trying through the cut link"
+        proxy.heal()
+        wait_for(
+            gateway,
+            lambda s: s["acknowledged"] > at_cut["sampled"] + 3000,
+            f"acknowledged > {at_cut['sampled'] + 3000}",
+        )
+        counts = gateway.stop()
+    finally:
+        gateway.kill()
+        proxy.close()
+    with server.client(tenant.keys["analyst"]) as analyst:
+        assert_lake_matches(analyst, counts)
+
+
+def test_kill_9_while_draining_then_restart(lab: Lab, tmp_path: Path) -> None:
+    tenant = lab.tenant("acme")
+    server = lab.server()
+    server.stop()  # the link is down from the start: a backlog builds up
+    config = simulator_config(
+        tmp_path / "gw", server.url, key=tenant.keys["gateway"], sensors=60, batch_max_readings=200
+    )
+    gateway = GatewayProcess(config).start()
+    try:
+        wait_for(gateway, lambda s: s["batches"] > 40, "batches > 40")
+        gateway.kill()
+        server.start()
+        gateway.start()
+        wait_for(gateway, lambda s: s["acknowledged"] > 0, "acknowledged > 0", timeout_s=30)
+        gateway.kill()  # while it drains
+        backlog = gateway.status()
+        assert backlog["buffered"] > 0, "killed before the drain was done"
+        gateway.start()
+        wait_for(gateway, lambda s: s["buffered"] < 500 and s["acknowledged"] > backlog["sampled"], "drained")
+        counts = gateway.stop()
+    finally:
+        gateway.kill()
+    with server.client(tenant.keys["analyst"]) as analyst:
+        assert_lake_matches(analyst, counts)
+
+
+def test_a_full_buffer_drops_the_oldest_and_counts_them_exactly(lab: Lab, tmp_path: Path) -> None:
+    tenant = lab.tenant("acme")
+    server = lab.server()
+    server.stop()
+    # 300 sensors x 17 metrics at 10 Hz fill a 1 MiB buffer within seconds.
+    config = simulator_config(
+        tmp_path / "gw",
+        server.url,
+        key=tenant.keys["gateway"],
+        sensors=300,
+        rate_per_min=600,
+        max_bytes=1 << 20,
+        batch_max_readings=5000,
+    )
+    gateway = GatewayProcess(config).start()
+    try:
+        wait_for(gateway, lambda s: s["dropped"] > 50000, "dropped > 50000")
+        server.start()
+        counts = gateway.stop(timeout_s=120)
+        # Whatever the short stop drain did not send, a second run (with the server up) sends.
+        if counts["buffered"]:
+            gateway.start()
+            wait_for(
+                gateway,
+                lambda s: s["acknowledged"] >= counts["sampled"] - counts["dropped"],
+                f"acknowledged >= {counts['sampled'] - counts['dropped']}",
+                timeout_s=120,
+            )
+            counts = gateway.stop(timeout_s=120)  # the counts add up over runs
+    finally:
+        gateway.kill()
+    assert counts["dropped"] > 0
+    with server.client(tenant.keys["analyst"]) as analyst:
+        assert_lake_matches(analyst, counts)
+
+
+def test_mqtt_uplink_through_a_broker_restarted_mid_stream(lab: Lab, tmp_path: Path, broker: Broker) -> None:
+    tenant = lab.tenant("acme")
+    lab.store.add_gateway("acme", GATEWAY, "hall-t")
+    server = lab.server("--mqtt-url", broker.url)
+    config = simulator_config(tmp_path / "gw", broker.url, tenant="acme")
+    gateway = GatewayProcess(config).start()
+    try:
+        wait_for(gateway, lambda s: s["acknowledged"] > 1000, "acknowledged > 1000")
+        broker.stop()
+        at_cut = gateway.status()
+        wait_for(
+            gateway,
+            lambda s: s["sampled"] > at_cut["sampled"] + 2000,
+            f"sampled > {at_cut['sampled'] + 2000}",
+        )
+        broker.start()
+        wait_for(
+            gateway,
+            lambda s: s["acknowledged"] > at_cut["sampled"] + 2000,
+            f"acknowledged > {at_cut['sampled'] + 2000}",
+            timeout_s=90,
+        )
+        counts = gateway.stop()
+    finally:
+        gateway.kill()
+    with server.client(tenant.keys["analyst"]) as analyst:
+        assert_lake_matches(analyst, counts)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ironwatch.cli", "gateway", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+BAD_CONFIGS = [
+    (
+        '[[sources]]\ntype = "plc9000"\n',
+        "error: setting sources[0].type: unknown source type 'plc9000' "
+        "(expected one of simulator, modbus, opcua, replay)",
+    ),
+    (
+        '[[sources]]\ntype = "modbus"\nhost = "127.0.0.1"\n'
+        '[[sources.registers]]\naddress = 0\ntype = "float64"\nsensor = "s-1"\nmetric = "temperature_c"\n',
+        "error: setting sources[0].registers[0].type: expected one of int16, uint16, int32, uint32, float32",
+    ),
+    ('[[sources]]\ntype = "simulator"\nsensors = "many"\n', "error: setting sources[0].sensors:"),
+]
+
+
+@pytest.mark.parametrize(("source", "line"), BAD_CONFIGS, ids=["unknown-type", "bad-register", "bad-option"])
+def test_bad_configs_get_one_clear_line(tmp_path: Path, source: str, line: str) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f'[gateway]\nid = "gw-1"\nsite = "hall-a"\n[uplink]\nurl = "http://127.0.0.1:9"\nkey = "k"\n{source}'
+    )
+    for args in (("check", "--config", str(path)), ("--config", str(path))):
+        result = _cli(*args)
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(line), result.stderr
+
+
+def test_an_unreachable_uplink_is_one_clear_line(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    port = free_port()
+    path = simulator_config(tmp_path, f"http://127.0.0.1:{port}", key="iw_nothing")
+    result = _cli("check", "--config", str(path))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[1] == "sources[0] simulator: ok"
+    assert lines[2].startswith(
+        f"uplink http://127.0.0.1:{port}: http://127.0.0.1:{port}: ConnectionRefusedError"
+    )
+    assert len(lines) == 3
+
+
+def test_init_writes_a_config_that_check_accepts(lab: Lab, tmp_path: Path) -> None:
+    tenant = lab.tenant("acme")
+    server = lab.server()
+    init = _cli(
+        "init", "--site", "hall-a", "--gateway", "gw-1", "--uplink", server.url,
+        "--key", tenant.keys["gateway"], "--simulator", "--sensors", "30",
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    path = tmp_path / "gateway.toml"
+    path.write_text(init.stdout.replace("port = 9108", "port = 0"))
+    check = _cli("check", "--config", str(path))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.splitlines()[-1].endswith("ok (the server took a heartbeat)")
