@@ -112,12 +112,19 @@ def test_kill_9_while_draining_then_restart(lab: Lab, tmp_path: Path) -> None:
     tenant = lab.tenant("acme")
     server = lab.server()
     server.stop()  # the link is down from the start: a backlog builds up
+    # 300 sensors x 17 metrics at 10 Hz in batches of 200: a backlog of thousands of batches within
+    # seconds, which takes long enough to drain to be killed in the middle of it.
     config = simulator_config(
-        tmp_path / "gw", server.url, key=tenant.keys["gateway"], sensors=60, batch_max_readings=200
+        tmp_path / "gw",
+        server.url,
+        key=tenant.keys["gateway"],
+        sensors=300,
+        rate_per_min=600,
+        batch_max_readings=200,
     )
     gateway = GatewayProcess(config).start()
     try:
-        wait_for(gateway, lambda s: s["batches"] > 40, "batches > 40")
+        wait_for(gateway, lambda s: s["batches"] > 2500, "batches > 2500")
         gateway.kill()
         server.start()
         gateway.start()
@@ -126,7 +133,7 @@ def test_kill_9_while_draining_then_restart(lab: Lab, tmp_path: Path) -> None:
         backlog = gateway.status()
         assert backlog["buffered"] > 0, "killed before the drain was done"
         gateway.start()
-        wait_for(gateway, lambda s: s["buffered"] < 500 and s["acknowledged"] > backlog["sampled"], "drained")
+        wait_for(gateway, lambda s: s["acknowledged"] > backlog["sampled"], "the backlog drained", 120)
         counts = gateway.stop()
     finally:
         gateway.kill()
