@@ -98,6 +98,7 @@ def test_a_full_buffer_drops_the_oldest_batches_and_counts_them_exactly(tmp_path
     assert counts.sampled == added
     assert counts.dropped > 0
     assert counts.buffer_bytes <= 1 << 20
+    assert box.size_bytes == counts.buffer_bytes, "the running size agrees with the database"
     # Every reading is either still buffered or counted as dropped: nothing vanished unaccounted.
     assert counts.buffered + counts.dropped == added
     batches = box.next_batches(1000)

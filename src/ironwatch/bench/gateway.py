@@ -157,7 +157,7 @@ def _drain(
     t0 = time.monotonic()
     last_said = t0
     failures_at_start = 0
-    while outbox.counts().batches:
+    while outbox.next_batches(1):
         if not sender.drain_once() and sender.stats.failures - failures_at_start > 50:
             raise BenchFailed(f"the drain keeps failing: {sender.stats.last_error}")
         if time.monotonic() - last_said > 5:

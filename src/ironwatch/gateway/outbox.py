@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS pending (
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY, readings INTEGER NOT NULL, first_ts_ms INTEGER, size_bytes INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, is_tombstone INTEGER NOT NULL DEFAULT 0, payload BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS batches_with_readings ON batches (seq) WHERE is_tombstone = 0;
 """
 
 
@@ -219,14 +220,17 @@ class Outbox:
         if self._pending_readings < max_readings and not is_due:
             return 0
         with self._transaction(self._writer) as conn:
-            rows = conn.execute("SELECT id, data, sampled_at_ms FROM pending ORDER BY id").fetchall()
+            rows = conn.execute(
+                "SELECT id, data, sampled_at_ms, size_bytes FROM pending ORDER BY id"
+            ).fetchall()
+            size_bytes = self._size_bytes - sum(r[3] for r in rows)
             table = pa.concat_tables([decode_sample(r[1]) for r in rows])
             table = table.sort_by([("ts_ms", "ascending")])
             seq = _counter(conn, "next_seq")
             formed, start = 0, 0
             while table.num_rows - start >= max_readings or (is_due and start < table.num_rows):
                 part = table.slice(start, max_readings)
-                self._insert_batch(conn, seq + formed, part)
+                size_bytes += self._insert_batch(conn, seq + formed, part)
                 start += part.num_rows
                 formed += 1
             conn.execute("DELETE FROM pending")
@@ -239,26 +243,21 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?)",
                     (rest.num_rows, pc.min(rest.column("ts_ms")).as_py(), since, len(data), data),
                 )
+                size_bytes += len(data)
             _bump(conn, "next_seq", formed)
-            self._size_bytes = self._stored_bytes_in(conn)
+            self._size_bytes = size_bytes
         self._pending_readings = rest.num_rows
         self._pending_since_ms = since if rest.num_rows else None
         return formed
 
-    def _insert_batch(self, conn: sqlite3.Connection, seq: int, table: pa.Table) -> None:
+    def _insert_batch(self, conn: sqlite3.Connection, seq: int, table: pa.Table) -> int:
         payload = envelope(self.gateway, self.site, seq, table)
         first = pc.min(table.column("ts_ms")).as_py()
         conn.execute(
             "INSERT INTO batches (seq, readings, first_ts_ms, size_bytes, payload) VALUES (?, ?, ?, ?, ?)",
             (seq, table.num_rows, first, len(payload), payload),
         )
-
-    def _stored_bytes_in(self, conn: sqlite3.Connection) -> int:
-        row = conn.execute(
-            "SELECT (SELECT coalesce(sum(size_bytes), 0) FROM pending)"
-            " + (SELECT coalesce(sum(size_bytes), 0) FROM batches)"
-        ).fetchone()
-        return int(row[0])
+        return len(payload)
 
     def _make_room(self, conn: sqlite3.Connection, incoming_bytes: int) -> None:
         # Called inside the sampler's transaction: drop the oldest batches until the new chunk fits.
