@@ -103,6 +103,22 @@ def test_read_goes_on_after_history_without_overlap_or_gap() -> None:
     assert sim(sensors=20, backfill_days=2.0).backfill_span() == (T0 - 2 * 24 * HOUR, T0)
 
 
+def test_history_at_a_lower_backfill_rate_and_live_reads_at_the_declared_one(tmp_path: Path) -> None:
+    options: dict[str, Any] = {"sensors": 20, "delivery": 1.0, "backfill_rate_per_min": 2.0}
+    source = sim(**options)
+    backfill = pa.concat_tables(source.history(T0 - 30 * MIN, T0, 120))
+    live = source.read(T0 + MIN)
+    assert backfill.num_rows == 20 * len(METRICS) * 2 * 30  # one sample per 30 s of every sensor
+    times, _ = series(backfill, "s-0001", "rpm")
+    assert set(np.diff(times)) == {30_000}
+    assert backfill["ts_ms"].to_numpy().max() < T0 <= live["ts_ms"].to_numpy().min()
+    assert live.equals(sim(sensors=20, delivery=1.0).read(T0 + MIN))  # live reads keep their rate
+    again = pa.concat_tables(sim(**options).history(T0 - 30 * MIN, T0, 7))
+    assert again.equals(backfill)
+    parsed = from_config({"type": "simulator", "backfill_rate_per_min": 2}, "sources[0]", tmp_path)
+    assert parsed.options.history_period_ms == 30_000 and parsed.options.period_ms == 2_000
+
+
 def test_a_motor_warms_up_over_minutes_after_the_morning_start() -> None:
     source = sim(sensors=5, faults="none", delivery=1.0)
     start = T0 - 30 * MIN + int(source.plant.line_start_offset_s[0] * 1000)  # 05:30 plus the line's offset
@@ -348,6 +364,7 @@ def test_template_parses_and_builds_the_default_simulator(tmp_path: Path) -> Non
         ),
         ({"type": "replay"}, "sources[0].type"),
         ({"ground_truth": 3}, "sources[0].ground_truth"),
+        ({"backfill_rate_per_min": 0}, "sources[0].backfill_rate_per_min"),
     ],
 )
 def test_bad_options_name_the_setting(table: dict[str, Any], setting: str, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ rate_per_min = 30.0           # declared readings per minute of each sensor and 
 delivery = 0.5                # share of readings that actually arrive (per sensor from ~0 to ~1, in bursts)
 speed = 1.0                   # simulated seconds per real second; never runs ahead of the clock
 backfill_days = 0.0           # days of history produced quickly before the live readings
+# backfill_rate_per_min = 2.0 # history at a lower rate than rate_per_min (default: the same rate)
 # start = 2026-01-05T05:00:00Z  # simulated time at start-up (default: now)
 faults = "default"            # "default" (drawn from the seed), "none", or a list of tables:
 # faults = [
@@ -39,6 +40,7 @@ _KNOWN = (
     "delivery",
     "speed",
     "backfill_days",
+    "backfill_rate_per_min",
     "start",
     "faults",
     "ground_truth",
@@ -57,6 +59,7 @@ class Options:
     delivery: float = 0.5
     speed: float = 1.0
     backfill_days: float = 0.0
+    backfill_rate_per_min: float | None = None
     start_ms: int | None = None
     faults: str | tuple[Fault, ...] = "default"
     ground_truth: Path | None = None
@@ -66,6 +69,12 @@ class Options:
     def period_ms(self) -> int:
         """Milliseconds between two samples of one sensor."""
         return max(1, round(60_000 / self.rate_per_min))
+
+    @property
+    def history_period_ms(self) -> int:
+        """Milliseconds between two samples of one sensor in ``history`` (backfill)."""
+        rate = self.backfill_rate_per_min if self.backfill_rate_per_min is not None else self.rate_per_min
+        return max(1, round(60_000 / rate))
 
 
 def parse(table: Mapping[str, Any], where: str, base_dir: Path) -> Options:
@@ -88,6 +97,11 @@ def parse(table: Mapping[str, Any], where: str, base_dir: Path) -> Options:
         delivery=_number(table, "delivery", where, 0.5, 0.0, 1.0),
         speed=_number(table, "speed", where, 1.0, 0.001, 1_000_000.0),
         backfill_days=_number(table, "backfill_days", where, 0.0, 0.0, 3650.0),
+        backfill_rate_per_min=(
+            _number(table, "backfill_rate_per_min", where, 30.0, 0.1, 600.0)
+            if "backfill_rate_per_min" in table
+            else None
+        ),
         start_ms=time_ms(table["start"], f"{where}.start") if "start" in table else None,
         faults=_faults(table.get("faults", "default"), f"{where}.faults", sensors),
         ground_truth=(base_dir / ground_truth) if ground_truth else None,

@@ -56,6 +56,14 @@ class Simulator:
         self.period_ms = self.options.period_ms
         self._physics = Physics(self.plant, self.options.seed)
         self._sampling = Sampling(self.plant, self.options.seed, self.period_ms, self.options.delivery)
+        # History may be sampled more sparsely than live readings (backfill_rate_per_min), so a
+        # few days of it stay affordable; it is then its own grid, as deterministic as the live one.
+        self.history_period_ms = self.options.history_period_ms
+        self._history_sampling = (
+            self._sampling
+            if self.history_period_ms == self.period_ms
+            else Sampling(self.plant, self.options.seed, self.history_period_ms, self.options.delivery)
+        )
         self._plan = Plan(self.plant, self.options.seed, self.options.faults)
         self._clock = clock or _wall_ms
         self._sensor_names = pa.array(self.plant.sensor_ids, pa.string())
@@ -115,13 +123,14 @@ class Simulator:
     def history(self, start_ms: int, end_ms: int, chunk_s: float) -> Iterator[pa.Table]:
         """Readings of [start_ms, end_ms) in tables of ``chunk_s`` of simulated time each.
 
-        The readings are those ``read`` would have returned for the span; afterwards ``read`` goes on
-        from ``end_ms``, so history and live readings neither overlap nor leave a gap.
+        The readings are those ``read`` would have returned for the span (sampled every
+        ``history_period_ms`` instead when ``backfill_rate_per_min`` differs); afterwards ``read``
+        goes on from ``end_ms``, so history and live readings neither overlap nor leave a gap.
         """
         step = max(1, round(chunk_s * 1000))
         for a in range(start_ms, end_ms, step):
             b = min(a + step, end_ms)
-            table = self.readings(a, b)
+            table = self.readings(a, b, is_history=True)
             self._cursor_ms = b
             yield table
         self._cursor_ms = max(end_ms, start_ms)
@@ -146,16 +155,18 @@ class Simulator:
 
     # -- readings ------------------------------------------------------------------------------
 
-    def readings(self, start_ms: int, end_ms: int) -> pa.Table:
+    def readings(self, start_ms: int, end_ms: int, *, is_history: bool = False) -> pa.Table:
         """The delivered readings of [start_ms, end_ms), sorted by time, sensor and metric.
 
-        A pure function of the options and the span: this is what ``read`` and ``history`` return.
+        A pure function of the options and the span: this is what ``read`` and ``history`` return
+        (``is_history`` samples at the backfill rate).
         """
-        t, sensor = self._sampling.grid(start_ms, end_ms)
+        sampling = self._history_sampling if is_history else self._sampling
+        t, sensor = sampling.grid(start_ms, end_ms)
         if len(t) == 0:
             return empty_sample()
         faults = self._plan.between(start_ms, end_ms)
-        keep = self._sampling.delivered(t, sensor)
+        keep = sampling.delivered(t, sensor)
         if faults:
             keep &= ~sensor_mask(self.plant, faults, "dropout", t, sensor)
         t, sensor = t[keep], sensor[keep]
@@ -163,7 +174,7 @@ class Simulator:
             return empty_sample()
         physics_t = t
         if faults:
-            physics_t = frozen_time(self.plant, faults, self.period_ms, t, sensor)
+            physics_t = frozen_time(self.plant, faults, sampling.period_ms, t, sensor)
             earliest = int(physics_t.min())
             if earliest < start_ms:  # a stuck sensor repeats a value from before the span
                 faults = self._plan.between(earliest, end_ms)
