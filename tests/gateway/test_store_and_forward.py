@@ -268,3 +268,79 @@ def test_init_writes_a_config_that_check_accepts(lab: Lab, tmp_path: Path) -> No
     check = _cli("check", "--config", str(path))
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.splitlines()[-1].endswith("ok (the server took a heartbeat)")
+
+
+def test_a_gateway_polling_a_modbus_plc_that_goes_away_and_comes_back(lab: Lab, tmp_path: Path) -> None:
+    from modbus_plc import ModbusPLC, encode
+
+    from conftest import free_port
+
+    tenant = lab.tenant("acme")
+    server = lab.server()
+    port = free_port()
+    holding = {0: encode(41.5, "float32")[0], 1: encode(41.5, "float32")[1], 2: 1480}
+    plc = ModbusPLC(port, holding, {}).start()
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    config = folder / "gateway.toml"
+    config.write_text(
+        f"""
+[gateway]
+id = "{GATEWAY}"
+site = "hall-t"
+heartbeat_interval_s = 0.5
+[uplink]
+url = "{server.url}"
+key = "{tenant.keys["gateway"]}"
+backoff_max_s = 0.5
+[batch]
+interval_s = 0.2
+[metrics]
+port = 0
+[[sources]]
+type = "modbus"
+host = "127.0.0.1"
+port = {port}
+interval_s = 0.1
+timeout_s = 0.5
+[[sources.registers]]
+address = 0
+type = "float32"
+sensor = "m-0001"
+metric = "temperature_c"
+[[sources.registers]]
+address = 2
+type = "uint16"
+sensor = "m-0001"
+metric = "rpm"
+"""
+    )
+    gateway = GatewayProcess(config).start()
+    viewer = server.client(tenant.keys["viewer"])
+
+    def sensor_status() -> str | None:
+        beat = viewer.get(f"/api/v1/gateways/{GATEWAY}").json().get("last_heartbeat") or {}
+        return (beat.get("sensors") or {}).get("m-0001", {}).get("status")
+
+    try:
+        wait_for(gateway, lambda s: s["acknowledged"] >= 20, "20 readings from the PLC")
+        assert wait_until(lambda: sensor_status() == "ok", 20, what="the sensor reported ok")
+        plc.stop()
+        wait_until(lambda: sensor_status() == "unreachable", 20, what="the heartbeat saying unreachable")
+        during = gateway.status()["sampled"]
+        plc.start()
+        wait_for(gateway, lambda s: s["sampled"] >= during + 20, "readings again after the PLC came back")
+        counts = gateway.stop()
+    finally:
+        gateway.kill()
+        plc.close()
+        viewer.close()
+    with server.client(tenant.keys["analyst"]) as analyst:
+        assert_lake_matches(analyst, counts)
+        rows = analyst.post(
+            "/api/v1/query",
+            json={
+                "sql": "SELECT metric, min(value), max(value) FROM readings GROUP BY metric ORDER BY metric"
+            },
+        ).json()["rows"]
+    assert rows == [["rpm", 1480.0, 1480.0], ["temperature_c", 41.5, 41.5]]

@@ -200,7 +200,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     counts = outbox.counts().to_dict()
     outbox.close()
-    counts["oldest_buffered_ts"] = iso(counts.pop("oldest_buffered_ms"))
+    counts["oldest_buffered_ts"] = iso(counts.pop("oldest_buffered_ms")) or "-"
     counts["is_running"] = _is_running(config)
     if args.json:
         print(json.dumps(counts))
