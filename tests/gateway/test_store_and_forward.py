@@ -344,3 +344,25 @@ metric = "rpm"
             },
         ).json()["rows"]
     assert rows == [["rpm", 1480.0, 1480.0], ["temperature_c", 41.5, 41.5]]
+
+
+def test_backfill_sends_history_once_even_across_restarts(lab: Lab, tmp_path: Path) -> None:
+    tenant = lab.tenant("acme")
+    server = lab.server()
+    config = simulator_config(tmp_path / "gw", server.url, key=tenant.keys["gateway"], sensors=5)
+    gateway = GatewayProcess(config, ["--backfill", "0.02"]).start()  # about half an hour of history
+    try:
+        # 5 sensors x 17 metrics at 60 per minute: 29 minutes of history are about 147,000 readings.
+        wait_for(gateway, lambda s: s["sampled"] > 140_000, "the history in the outbox")
+        gateway.kill()
+        gateway.start()  # the same flag again: the outbox knows the backfill is done
+        wait_for(gateway, lambda s: s["buffered"] < 1000, "the backlog drained")
+        counts = gateway.stop()
+    finally:
+        gateway.kill()
+    assert counts["sampled"] < 160_000, "the history was sent once"
+    with server.client(tenant.keys["analyst"]) as analyst:
+        assert_lake_matches(analyst, counts)
+        sql = f"SELECT epoch_ms(now()) - epoch_ms(min(ts)) FROM readings WHERE gateway = '{GATEWAY}'"
+        age_ms = analyst.post("/api/v1/query", json={"sql": sql}).json()["rows"][0][0]
+    assert 0.019 * 86_400_000 < age_ms < 0.025 * 86_400_000
