@@ -366,3 +366,33 @@ def test_backfill_sends_history_once_even_across_restarts(lab: Lab, tmp_path: Pa
         sql = f"SELECT epoch_ms(now()) - epoch_ms(min(ts)) FROM readings WHERE gateway = '{GATEWAY}'"
         age_ms = analyst.post("/api/v1/query", json={"sql": sql}).json()["rows"][0][0]
     assert 0.019 * 86_400_000 < age_ms < 0.025 * 86_400_000
+
+
+def test_a_refused_batch_goes_to_the_dead_letter_file_and_the_gateway_goes_on(
+    lab: Lab, tmp_path: Path
+) -> None:
+    import base64
+    import gzip
+    import json
+
+    tenant = lab.tenant("acme")
+    # Bodies over 30 kB are refused (413): the history batches of 2000 readings are, the live ones
+    # of a few dozen readings are not.
+    server = lab.server(IRONWATCH_SERVER__MAX_BODY_BYTES="30000")
+    config = simulator_config(
+        tmp_path / "gw", server.url, key=tenant.keys["gateway"], sensors=5, batch_max_readings=2000
+    )
+    gateway = GatewayProcess(config, ["--backfill", "0.001"]).start()  # 86 s of history
+    try:
+        wait_for(gateway, lambda s: s["dead_lettered"] > 0 and s["acknowledged"] > 500, "a refused batch")
+        counts = gateway.stop()
+    finally:
+        gateway.kill()
+    letters = [json.loads(line) for line in (config.parent / "outbox-dead.jsonl").read_text().splitlines()]
+    assert sum(letter["readings"] for letter in letters) == counts["dead_lettered"]
+    assert {letter["status"] for letter in letters} == {413}
+    assert letters[0]["answer"]["error"]["code"] == "too_large"
+    kept = json.loads(gzip.decompress(base64.b64decode(letters[0]["payload_gzip_base64"])))
+    assert kept["batch"] == letters[0]["batch"] and len(kept["columns"]["ts"]) == letters[0]["readings"]
+    with server.client(tenant.keys["analyst"]) as analyst:
+        assert_lake_matches(analyst, counts)
