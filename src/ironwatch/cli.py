@@ -221,12 +221,19 @@ def _format_from_name(name: str) -> str:
 
 # demo and bench --------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the whole system on embedded defaults with a synthetic site, until Ctrl-C."""
-    from ironwatch.demo import run_demo
+    """Run the server and a gateway with the simulator on embedded defaults, until Ctrl-C."""
+    from ironwatch.demo import Options, run_demo
 
     settings = _settings(args, **{"server.port": args.port})
     setup_logging(settings.log.level)
-    return run_demo(settings, sensors=args.sensors, duration_s=args.duration)
+    options = Options(
+        sensors=args.sensors,
+        backfill_days=args.backfill_days,
+        backfill_rate_per_min=args.backfill_rate,
+        outage_every_s=args.outage_every,
+        outage_s=args.outage_s,
+    )
+    return run_demo(settings, options, duration_s=args.duration)
 
 
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
@@ -401,7 +408,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="TCP port (default 8000, or a free one when 8000 is taken; 0 picks a free one)",
     )
-    p.add_argument("--sensors", type=int, default=300, help="sensors in the synthetic site (default 300)")
+    p.add_argument("--sensors", type=int, default=550, help="simulated sensors (default 550)")
+    p.add_argument(
+        "--backfill-days",
+        type=float,
+        default=3.0,
+        help="days of history the gateway sends on its first run (default 3; 0 for none)",
+    )
+    p.add_argument(
+        "--backfill-rate",
+        type=float,
+        default=2.0,
+        metavar="PER_MIN",
+        help="readings per minute per metric in the history (default 2; live readings: 30)",
+    )
+    p.add_argument(
+        "--outage-every",
+        type=float,
+        default=240.0,
+        metavar="S",
+        help="cut the gateway's uplink every S seconds (default 240; 0: never)",
+    )
+    p.add_argument(
+        "--outage-s", type=float, default=30.0, metavar="S", help="length of each outage (default 30 s)"
+    )
     p.add_argument(
         "--duration",
         type=float,

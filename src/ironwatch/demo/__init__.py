@@ -1,11 +1,12 @@
-"""The demo: a server on a data directory fed by a synthetic site of a few hundred sensors.
+"""The demo: the server and a real gateway with the simulated sort center, in one process.
 
-``run_demo`` is what ``ironwatch demo`` and ``make demo`` run. The feed is self-contained here so
-that the gateway issue can replace it with the real gateway and its simulator.
+``run_demo`` is what ``ironwatch demo`` and ``make demo`` run; ``Options`` are its flags. ``Link``
+is the loopback relay between the gateway and the server that the demo cuts to show
+store-and-forward.
 """
 
-from ironwatch.demo.feed import Feed, Link, Refused
+from ironwatch.demo.link import Link
 from ironwatch.demo.run import run_demo
-from ironwatch.demo.site import METRICS, Site, Window
+from ironwatch.demo.session import GATEWAY, SITE, TENANT, Options
 
-__all__ = ["METRICS", "Feed", "Link", "Refused", "Site", "Window", "run_demo"]
+__all__ = ["GATEWAY", "SITE", "TENANT", "Link", "Options", "run_demo"]
