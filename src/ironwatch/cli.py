@@ -157,14 +157,16 @@ def cmd_query(args: argparse.Namespace) -> int:
         from ironwatch.ingest import Tracker, health_report
 
         root = lake.open_root(store.tenant(args.tenant).root_url)
-        table = lake.query.run(
-            root,
-            args.sql,
-            tables=health_report.sql_tables(store, args.tenant, Tracker.saved(settings, store)),
-            timeout_s=float(settings.query.timeout_s),
-            memory_limit=str(settings.query.memory_limit),
-            fmt=fmt,
-        )
+        with lake.Pool(idle=1) as pool:  # short-lived: one query, the same sandboxed path as a server's
+            table = lake.query.run(
+                root,
+                args.sql,
+                tables=health_report.sql_tables(store, args.tenant, Tracker.saved(settings, store)),
+                timeout_s=float(settings.query.timeout_s),
+                memory_limit=str(settings.query.memory_limit),
+                fmt=fmt,
+                pool=pool,
+            )
         data = lake.query.encode(table, fmt)
     with _output(args.output) as out:
         out.write(data)

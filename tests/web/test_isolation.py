@@ -340,3 +340,22 @@ def test_every_api_route_in_the_openapi_document_needs_a_key(world: World) -> No
                 ):
                     wrong.append(f"{method} {url} with {who}: {r.status_code} {doc}")
     assert wrong == []
+
+
+def test_the_servers_reused_sandboxes_keep_tenants_apart(world: World) -> None:
+    """The server lends each query a DuckDB kept from an earlier one; only ever one of its own tenant.
+
+    By now both tenants' sandboxes have served the escapes above; interleaved queries, each with its
+    tenant's ``sensors`` table registered, still see only their own root, rows and sensors.
+    """
+    tenants = (("acme", sorted([*ACME_SENSORS, "a-claims-b"])), ("acme2", ACME2_SENSORS))
+    with world.client(world.acme.keys["analyst"]) as a, world.client(world.acme2.keys["analyst"]) as b:
+        for _ in range(3):
+            for (name, sensors), client in zip(tenants, (a, b), strict=True):
+                assert rows(client, "SELECT DISTINCT sensor FROM readings ORDER BY 1") == [
+                    [s] for s in sensors
+                ]
+                assert {r[0] for r in rows(client, "SELECT sensor FROM sensors")} == set(sensors)
+                assert rows(client, "SELECT current_setting('allowed_directories')") == [
+                    [[f"{world.root(name)}/"]]
+                ]

@@ -10,12 +10,14 @@ from ironwatch.lake.layout import (
     write_quarantine,
     write_readings,
 )
+from ironwatch.lake.pool import Pool
 from ironwatch.lake.root import LocalRoot, MemoryRoot, Root, open_root
 
 __all__ = [
     "Compactor",
     "LocalRoot",
     "MemoryRoot",
+    "Pool",
     "Root",
     "compaction",
     "jobs",

@@ -1,7 +1,8 @@
 """Query jobs, the Athena way: SQL runs in the background and its answer is saved in the tenant root.
 
 ``Runner.submit`` records a queued job and hands it to a bounded pool of worker threads. A worker
-runs the SQL in the same sandbox as a synchronous query (with the longer ``query.job_timeout_s``),
+runs the SQL in the same kind of sandbox as a synchronous query, lent by the server's pool (with the
+longer ``query.job_timeout_s``),
 streams Arrow batches through pyarrow's CSV writer into ``results/{id}.csv`` of the tenant root
 (never the whole answer in memory), and records rows, bytes scanned and duration. The records live
 in the metadata database, so they survive restarts; a job that was running when its server died
@@ -24,6 +25,7 @@ import pyarrow.csv as pacsv
 from ironwatch.config import Settings
 from ironwatch.errors import Conflict, InvalidInput, IronwatchError, TooManyRequests, Unavailable
 from ironwatch.lake import query
+from ironwatch.lake.pool import Pool
 from ironwatch.lake.root import Root
 from ironwatch.store import Store
 from ironwatch.store.queries import (
@@ -74,8 +76,10 @@ class Runner:
         store: Store,
         root_of: Callable[[str], Root],
         tables_of: Callable[[str], Mapping[str, pa.Table]] | None = None,
+        pool: Pool | None = None,
     ) -> None:
         self.settings = settings
+        self.pool = pool
         self.records = QueryRecords(store)
         self.root_of = root_of
         self.tables_of = tables_of
@@ -200,6 +204,7 @@ class Runner:
                 fmt="csv",
                 is_profiled=True,
                 on_open=lambda answer: self._opened(job.id, answer),
+                pool=self.pool,
             ) as answer:
                 with root.write_stream(job.result_path) as file:
                     out = _Counted(file)

@@ -1,8 +1,11 @@
 """SQL over one tenant's lake with DuckDB, in a sandbox that sees only that tenant's root.
 
-Each query gets a fresh in-memory DuckDB: the views over the tenant's files are created first, then
-external access is limited to the tenant's own directories and the configuration is locked, so the
-analyst's SQL can neither read other files nor widen its own access.
+Each query runs in a sandboxed in-memory DuckDB (:mod:`ironwatch.lake.sandbox`) lent by a
+:class:`~ironwatch.lake.pool.Pool`: external access is limited to the tenant's own directories and
+the configuration is locked, so the analyst's SQL can neither read other files nor widen its own
+access; the views over the tenant's files are set up for each query over the files visible then.
+The server, query jobs, ``ironwatch query`` and ``ironwatch bench query`` pass their pool; without
+one a query gets a new DuckDB, closed after.
 """
 
 from __future__ import annotations
@@ -22,55 +25,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ironwatch.errors import InvalidInput, QueryError
-from ironwatch.lake import portable, sqlerror, views
+from ironwatch.lake import portable, sqlerror
+from ironwatch.lake.pool import Pool
 from ironwatch.lake.root import Root
+from ironwatch.lake.sandbox import connect
 
 FORMATS = ("csv", "json", "parquet")
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def connect(
-    root: Root,
-    *,
-    memory_limit: str = "512MB",
-    threads: int = 2,
-    tables: Mapping[str, pa.Table] | None = None,
-    is_profiled: bool = False,
-    sql: str | None = None,
-) -> duckdb.DuckDBPyConnection:
-    """A sandboxed DuckDB connection with the tenant's views; nothing outside ``root`` is reachable.
-
-    ``tables`` adds in-memory views (such as ``sensors`` from the metadata database) by name;
-    ``is_profiled`` keeps DuckDB's profile of each query in memory (for the bytes it read); with
-    ``sql``, only the lake views that statement can use are set up (see ``views.needed``).
-    """
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute(f"SET memory_limit = {_quote(memory_limit)}")
-        con.execute(f"SET threads = {int(threads)}")
-        if is_profiled:
-            con.execute("SET enable_profiling = 'no_output'")
-        for view in views.needed(sql):
-            con.execute(f"CREATE VIEW {view.name} AS {views.view_sql(root, view)}")
-        for name, table in (tables or {}).items():
-            con.register(name, table)
-        dirs: list[str] = list(root.duckdb_dirs())
-        # DuckDB lets a connection read its temporary directory (by default .tmp in the server's
-        # working directory, shared by every tenant's queries), so queries do not spill to disk.
-        con.execute("SET temp_directory = ''")
-        con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in dirs)}]")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET autoinstall_known_extensions = false")
-        con.execute("SET autoload_known_extensions = false")
-        con.execute("SET lock_configuration = true")
-    except duckdb.Error as exc:
-        con.close()
-        raise QueryError(f"cannot open the tenant's lake: {exc}") from exc
-    return con
+__all__ = ["FORMATS", "Pool", "Stream", "connect", "encode", "run", "stream", "to_json"]
 
 
 class Stream:
@@ -89,15 +50,31 @@ class Stream:
         self.is_timed_out = False
         self.is_stopped = False
         self._reader: pa.RecordBatchReader | None = None
+        # The connection goes back to its pool when the stream ends: a stop that comes later (a
+        # cancel racing the end, the timer) must not interrupt the next query it serves.
+        self._lock = threading.Lock()
+        self._is_open = True
 
     def stop(self) -> None:
-        """Stop the query (a cancel); safe to call from another thread, and more than once."""
-        self.is_stopped = True
-        self._con.interrupt()
+        """Stop the query (a cancel); safe to call from another thread, more than once, and after
+        the query ended (then it does nothing)."""
+        with self._lock:
+            self.is_stopped = True
+            if self._is_open:
+                self._con.interrupt()
 
     def _time_out(self) -> None:
-        self.is_timed_out = True
-        self._con.interrupt()
+        with self._lock:
+            self.is_timed_out = True
+            if self._is_open:
+                self._con.interrupt()
+
+    def _end(self) -> None:
+        """Let go of the connection: no interrupt reaches it from now on, and the answer is released."""
+        with self._lock:
+            self._is_open = False
+        if self._reader is not None:
+            self._reader.close()  # DuckDB's pending result, before the connection serves another query
 
     def _start(self, fmt: str | None, batch_rows: int) -> None:
         try:
@@ -144,8 +121,11 @@ class Stream:
     def bytes_scanned(self) -> int | None:
         """Bytes DuckDB read from storage for this query (its profile's ``io.total_bytes_read``).
 
-        Known only after the last batch, and only for a stream opened with ``is_profiled``.
+        Known only after the last batch and before the stream's block ends, and only for a stream
+        opened with ``is_profiled``.
         """
+        if not self._is_open:
+            return None
         try:
             profile = orjson.loads(self._con.get_profiling_information(format="json"))
             return int(profile["io"]["total_bytes_read"])
@@ -165,29 +145,33 @@ def stream(
     batch_rows: int = 100_000,
     is_profiled: bool = False,
     on_open: Callable[[Stream], None] | None = None,
+    pool: Pool | None = None,
 ) -> Iterator[Stream]:
     """Run one read-only SQL statement over the tenant's views, yielding its answer as a :class:`Stream`.
 
     With ``fmt``, columns that format cannot hold come out as text (see :mod:`portable`). The time
-    limit covers the whole iteration; the sandbox closes when the block ends. ``on_open`` gets the
-    stream before the query starts, so that another thread can stop it even while DuckDB works on
-    the first batch.
+    limit covers the whole iteration; the sandbox goes back to ``pool`` (or, without one, is
+    closed) when the block ends. ``on_open`` gets the stream before the query starts, so that
+    another thread can stop it even while DuckDB works on the first batch.
     """
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidInput("sql", "expected a non-empty SQL statement")
-    con = connect(root, memory_limit=memory_limit, tables=tables, is_profiled=is_profiled, sql=sql)
-    answer = Stream(con, sql, timeout_s, memory_limit)
-    timer = threading.Timer(timeout_s, answer._time_out)
-    timer.daemon = True
-    timer.start()
-    try:
-        if on_open is not None:
-            on_open(answer)
-        answer._start(fmt, batch_rows)
-        yield answer
-    finally:
-        timer.cancel()
-        con.close()
+    lender = pool if pool is not None else Pool(idle=0)
+    with lender.lease(root, sql, memory_limit=memory_limit, tables=tables, is_profiled=is_profiled) as lease:
+        answer = Stream(lease.sandbox.con, sql, timeout_s, memory_limit)
+        timer = threading.Timer(timeout_s, answer._time_out)
+        timer.daemon = True
+        timer.start()
+        try:
+            if on_open is not None:
+                on_open(answer)
+            answer._start(fmt, batch_rows)
+            yield answer
+        finally:
+            timer.cancel()
+            answer._end()
+            # An interrupted DuckDB is closed rather than lent again (see ironwatch.lake.pool).
+            lease.is_spoiled = answer.is_stopped or answer.is_timed_out
 
 
 def run(
@@ -199,11 +183,13 @@ def run(
     max_rows: int | None = None,
     tables: Mapping[str, pa.Table] | None = None,
     fmt: str | None = None,
+    pool: Pool | None = None,
 ) -> pa.Table:
     """Run one read-only SQL statement over the tenant's views and return the result as Arrow.
 
     ``max_rows`` refuses larger answers (a :class:`QueryError` that suggests a query job); ``fmt``
-    casts the columns that format cannot hold to text.
+    casts the columns that format cannot hold to text; ``pool`` lends the sandbox (see
+    :func:`stream`).
     """
     batch_rows = min(max_rows + 1, 100_000) if max_rows is not None else 100_000
     with stream(
@@ -214,6 +200,7 @@ def run(
         tables=tables,
         fmt=fmt,
         batch_rows=batch_rows,
+        pool=pool,
     ) as answer:
         batches: list[pa.RecordBatch] = []
         rows = 0

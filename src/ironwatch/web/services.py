@@ -29,6 +29,7 @@ class Services:
     series: Any = None  # live.Series
     streams: Any = None  # live.Streams
     jobs: Any = None  # lake.jobs.Runner
+    sandboxes: Any = None  # lake.Pool: the sandboxed DuckDBs of analysts' SQL
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -47,11 +48,17 @@ class Services:
         )
         services.series = live.Series(settings, pipeline.root_of, recent, utc_now_us)
         services.streams = live.Streams(bus, settings, utc_now_us)
+        services.sandboxes = lake.Pool(
+            idle=int(settings.query.idle_sandboxes),
+            idle_per_root=int(settings.query.idle_sandboxes_per_tenant),
+            idle_s=float(settings.query.idle_sandbox_s),
+        )
         services.jobs = lake.jobs.Runner(
             settings,
             store,
             pipeline.root_of,
             tables_of=lambda tenant: health_report.sql_tables(store, tenant, pipeline.health),
+            pool=services.sandboxes,
         )
         return services
 
@@ -72,6 +79,7 @@ class Services:
         if self.mqtt is not None:
             self.mqtt.stop()
         self.jobs.stop()
+        self.sandboxes.close()
         self.pipeline.stop()
         self.pipeline.bus.close()
         self.series.close()

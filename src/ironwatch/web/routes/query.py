@@ -50,6 +50,7 @@ async def query(request: Request) -> Response:
             memory_limit=str(settings.memory_limit),
             max_rows=int(settings.max_rows),
             fmt=fmt,
+            pool=services.sandboxes,
         )
         return lake.query.encode(table, fmt)
 
