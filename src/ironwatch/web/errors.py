@@ -27,16 +27,21 @@ def error_response(
     )
 
 
+def ironwatch_response(exc: IronwatchError) -> JSONResponse:
+    """The answer to one of our own errors, in the error shape."""
+    details = {**exc.details, "retryable": exc.retryable} if exc.retryable else exc.details
+    response = error_response(exc.status, exc.code, exc.message, details)
+    if isinstance(exc, UnsupportedEncoding):  # RFC 7694: say which codings a resend may use
+        response.headers["Accept-Encoding"] = ", ".join(exc.supported)
+    return response
+
+
 def install(app: FastAPI) -> None:
     """Translate every exception into the error shape; nothing leaves as a bare 500 page."""
 
     @app.exception_handler(IronwatchError)
     async def _ironwatch(_request: Request, exc: IronwatchError) -> JSONResponse:
-        details = {**exc.details, "retryable": exc.retryable} if exc.retryable else exc.details
-        response = error_response(exc.status, exc.code, exc.message, details)
-        if isinstance(exc, UnsupportedEncoding):  # RFC 7694: say which codings a resend may use
-            response.headers["Accept-Encoding"] = ", ".join(exc.supported)
-        return response
+        return ironwatch_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

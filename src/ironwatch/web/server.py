@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from ironwatch.config import Settings
 from ironwatch.errors import Unavailable
 from ironwatch.web.app import create_app
+from ironwatch.web.front import front
 from ironwatch.web.services import Services
 
 #: How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms). The
@@ -39,7 +40,7 @@ async def serve_async(settings: Settings, on_ready: object = None) -> None:
 
 async def _serve(settings: Settings, app: FastAPI, listener: socket.socket, on_ready: object) -> None:
     cfg = uvicorn.Config(
-        app,
+        front(app),
         host=str(settings.server.host),
         port=int(settings.server.port),
         log_config=None,
