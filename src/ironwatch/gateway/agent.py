@@ -101,15 +101,24 @@ class Gateway:
         return self.outbox.counts()
 
     def _spawn(self, target: Any, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
+        def guarded() -> None:
+            try:
+                target()
+            except Exception:  # logged as a structured line, not a bare traceback on stderr
+                log.exception("gateway thread %s stopped", name)
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 
     def _batch_loop(self) -> None:
         tick = min(0.25, self.config.batch_interval_s / 2)
         while not self._sampling_stop.is_set():
-            if self.form_batches():
-                self.sender.wake.set()
+            try:
+                if self.form_batches():
+                    self.sender.wake.set()
+            except Exception:  # the readings stay pending in the outbox; try again next tick
+                log.exception("cutting batches failed")
             self._sampling_stop.wait(tick)
 
     def form_batches(self, *, is_final: bool = False) -> int:
@@ -125,6 +134,9 @@ class Gateway:
             except LinkDown as exc:
                 log.info("heartbeat not sent: %s", exc.message)
                 # Try again sooner than a full interval, the link may be back in a moment.
+                self.stop.wait(min(5.0, self.config.heartbeat_interval_s))
+            except Exception:  # never let the heartbeat thread die silently
+                log.exception("heartbeat failed")
                 self.stop.wait(min(5.0, self.config.heartbeat_interval_s))
 
     def heartbeat(self) -> dict[str, Any]:

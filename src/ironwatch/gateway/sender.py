@@ -102,7 +102,14 @@ class Sender:
     def run(self) -> None:
         """Send until ``stop`` is set."""
         while not self.stop.is_set():
-            if not self.drain_once():
+            try:
+                sent = self.drain_once()
+            except Exception:  # a bug or a broken outbox: the sender must not die silently
+                log.exception("sending failed; retrying")
+                self.stats.failures += 1
+                self.stop.wait(self.backoff.next_delay_s())
+                continue
+            if not sent:
                 self.wake.wait(0.2)
                 self.wake.clear()
 
