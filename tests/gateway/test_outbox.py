@@ -169,3 +169,10 @@ def test_kill_9_while_sampling_loses_no_sampled_reading(tmp_path: Path) -> None:
     stored += sum(decode_sample(row[0]).num_rows for row in pending)
     assert counts.sampled == stored == counts.buffered
     assert counts.sampled % 300 == 0, "a chunk is either all in or not in at all"
+
+
+def test_a_file_that_is_not_an_outbox_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(OutboxError, match=r"^outbox .*o\.db: file is not a database$"):
+        open_outbox(path, gateway="gw-1", site="hall-a", max_bytes=64 << 20)

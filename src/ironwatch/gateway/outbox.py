@@ -138,18 +138,18 @@ class Outbox:
         self.site = site
         self.max_bytes = max_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
         try:
             self._writer = _connect(path, "FULL")
             self._writer.executescript(_SCHEMA)
             self._acker = _connect(path, "NORMAL")
+            self._claim_identity()
+            self._pending_readings, self._pending_since_ms = self._writer.execute(
+                "SELECT coalesce(sum(readings), 0), min(sampled_at_ms) FROM pending"
+            ).fetchone()
+            self._size_bytes = self._stored_bytes()
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {path}: {exc}") from exc
-        self._lock = threading.Lock()
-        self._claim_identity()
-        self._pending_readings, self._pending_since_ms = self._writer.execute(
-            "SELECT coalesce(sum(readings), 0), min(sampled_at_ms) FROM pending"
-        ).fetchone()
-        self._size_bytes = self._stored_bytes()
 
     def _claim_identity(self) -> None:
         # Batch numbers belong to one gateway: the file of another one would send its numbers
@@ -347,6 +347,12 @@ class Outbox:
 
     def counts(self) -> Counts:
         """Exact counts from the database (also while another process runs the gateway)."""
+        try:
+            return self._counts()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+
+    def _counts(self) -> Counts:
         conn = self._acker
         counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
         batches, batched, attempted, batch_bytes, oldest_batch = conn.execute(
