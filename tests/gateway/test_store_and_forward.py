@@ -396,3 +396,13 @@ def test_a_refused_batch_goes_to_the_dead_letter_file_and_the_gateway_goes_on(
     assert kept["batch"] == letters[0]["batch"] and len(kept["columns"]["ts"]) == letters[0]["readings"]
     with server.client(tenant.keys["analyst"]) as analyst:
         assert_lake_matches(analyst, counts)
+
+
+def test_backfill_with_a_simulated_start_time_is_refused_in_one_line(tmp_path: Path) -> None:
+    # History ends where live readings begin; a simulator started in the past would overlap it.
+    path = simulator_config(
+        tmp_path, "http://127.0.0.1:9", key="k", extra_source="start = 2026-01-05T06:00:00Z"
+    )
+    result = _cli("--config", str(path), "--backfill", "1")
+    assert result.returncode == 1
+    assert result.stderr == "error: setting --backfill: cannot be combined with a simulator's start option\n"

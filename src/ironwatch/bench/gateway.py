@@ -16,7 +16,7 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ironwatch.bench.ingest import (
     BenchFailed,
@@ -28,6 +28,7 @@ from ironwatch.bench.ingest import (
     stderr_progress,
 )
 from ironwatch.errors import InvalidInput
+from ironwatch.gateway.source import Historical
 
 TENANT = "bench"
 SITE = "bench-site"
@@ -131,7 +132,7 @@ def _drain(
     say(f"outage: sampling {outage_h:g} h of the site into the outbox, one batch per second of readings")
     t0 = time.monotonic()
     last_said = t0
-    for table in source.history(start_ms, end_ms, 1.0):  # type: ignore[attr-defined]
+    for table in cast(Historical, source).history(start_ms, end_ms, 1.0):
         outbox.add(table)
         outbox.form_batches(config.batch_max_readings, 0.0)
         if time.monotonic() - last_said > 10:

@@ -18,7 +18,7 @@ from typing import Any
 from ironwatch.config import Settings
 from ironwatch.demo.banner import Facts, banner
 from ironwatch.demo.link import Link
-from ironwatch.demo.watch import BACKFILL_NOTE, Analyst, Backfill, Outages, Watch, human
+from ironwatch.demo.watch import Analyst, Backfill, Outages, Watch, human
 from ironwatch.errors import ConfigError, IronwatchError
 from ironwatch.gateway.agent import Gateway, iso
 from ironwatch.gateway.config import parse
@@ -127,6 +127,7 @@ class Session:
             analyst = Analyst(url, self.analyst_key)
             watch = Watch(
                 gateway.outbox,
+                gateway.backfill_progress,
                 link,
                 Outages(self.options.outage_every_s, self.options.outage_s),
                 lambda: self._is_visible(analyst),
@@ -176,11 +177,10 @@ class Session:
     def _history(self, gateway: Gateway) -> Backfill | None:
         """What the backfill will send, said in one line; None when there is none (left) to send."""
         days, rate = self.options.backfill_days, self.options.backfill_rate_per_min
-        saved, reached = gateway.outbox.note("backfill_range"), gateway.outbox.note(BACKFILL_NOTE)
-        if saved is not None:
-            start_ms, end_ms = (int(part) for part in saved.split(","))
-            if reached is not None and int(reached) >= end_ms:
-                gateway.backfill_days = 0.0  # the outbox says it was sent: never a second time
+        progress = gateway.backfill_progress()
+        if progress is not None:
+            start_ms, end_ms = progress.start_ms, progress.end_ms
+            if progress.is_stored:  # the gateway never backfills a second time
                 _say(f"history: backfilled by an earlier run ({iso(start_ms)} to {iso(end_ms)})")
                 return None
             _say(f"history: resuming the backfill an earlier run began ({iso(start_ms)} to {iso(end_ms)})")

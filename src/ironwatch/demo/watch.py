@@ -19,14 +19,13 @@ from urllib.parse import urlsplit
 import orjson
 
 from ironwatch.demo.link import Link
+from ironwatch.gateway.agent import BackfillProgress
 from ironwatch.gateway.outbox import Counts, Outbox
 
 #: Longest wait for this run's readings to show in SQL before the banner is printed anyway.
 VISIBLE_WAIT_S = 60.0
 #: Seconds between two backfill progress lines.
 PROGRESS_EVERY_S = 10.0
-#: The outbox note where the gateway keeps how far the backfill of its first source has got.
-BACKFILL_NOTE = "backfill:0"
 
 
 def human(n: float) -> str:
@@ -70,6 +69,7 @@ class Watch:
     def __init__(
         self,
         outbox: Outbox,
+        progress: Callable[[], BackfillProgress | None],
         link: Link,
         outages: Outages,
         probe: Callable[[], bool],
@@ -78,6 +78,7 @@ class Watch:
         say: Callable[[str], None],
     ) -> None:
         self.outbox = outbox
+        self.progress = progress
         self.link = link
         self.outages = outages
         self.probe = probe
@@ -148,8 +149,8 @@ class Watch:
         since, before = self._last_acknowledged
         rate = (counts.acknowledged - before) / max(now - since, 1e-3)
         self._last_acknowledged = (now, counts.acknowledged)
-        note = self.outbox.note(BACKFILL_NOTE)
-        reached_ms = int(note) if note is not None else history.start_ms
+        stored = self.progress()
+        reached_ms = stored.reached_ms if stored is not None else history.start_ms
         whole_ms = max(1, history.end_ms - history.start_ms)
         # The outbox counts every reading, history or live; what is still to come is what the
         # backfill has not produced yet (by the share of its span left) plus what waits in the buffer.

@@ -8,6 +8,7 @@ spent up to ``stop_drain_s`` sending what it can; the counts it returns are the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -26,6 +27,28 @@ log = logging.getLogger(__name__)
 
 #: How long a stopping gateway keeps sending what is buffered.
 STOP_DRAIN_S = 5.0
+
+
+#: Outbox notes: the backfill's range, fixed by the first run, and each historical source's progress.
+_RANGE_NOTE = "backfill_range"
+
+
+def _progress_note(source_index: int) -> str:
+    return f"backfill:{source_index}"
+
+
+@dataclasses.dataclass(frozen=True)
+class BackfillProgress:
+    """A backfill's range and how far its history is stored in the outbox (epoch ms)."""
+
+    start_ms: int
+    end_ms: int
+    reached_ms: int
+
+    @property
+    def is_stored(self) -> bool:
+        """Every reading of the range is in the outbox (or already sent): nothing is left to make."""
+        return self.reached_ms >= self.end_ms
 
 
 def iso(ms: int | None) -> str | None:
@@ -67,7 +90,6 @@ class Gateway:
             stop=self.stop,
         )
         self.heartbeats_sent = 0
-        self.backfilled = 0
         self.metrics_port: int | None = None
         self._threads: list[threading.Thread] = []
         self._metrics_server: Any = None
@@ -88,6 +110,12 @@ class Gateway:
             self._metrics_server, self.metrics_port = serve_metrics(
                 self, self.config.metrics_host, self.config.metrics_port
             )
+        if self.backfill_days > 0 and self.backfill_progress() is None:
+            # Fixed before any source is opened: live readings begin after the history ends,
+            # so the two never overlap (a reading stored twice under two batch numbers).
+            end_ms = int(time.time() * 1000)
+            start_ms = end_ms - int(self.backfill_days * 86_400_000)
+            self.outbox.set_note(_RANGE_NOTE, f"{start_ms},{end_ms}")
         self.sampler.start()
         self._spawn(self._batch_loop, "batcher")
         self._spawn(self._heartbeat_loop, "heartbeat")
@@ -157,12 +185,10 @@ class Gateway:
     def _backfill(self) -> None:
         # The range is fixed by the first run and kept in the outbox: a restart resumes it and
         # never backfills a second time (that would store the same history under new batches).
-        saved = self.outbox.note("backfill_range")
-        if saved is None:
-            end_ms = int(time.time() * 1000)
-            saved = f"{end_ms - int(self.backfill_days * 86_400_000)},{end_ms}"
-            self.outbox.set_note("backfill_range", saved)
-        start_ms, end_ms = (int(part) for part in saved.split(","))
+        progress = self.backfill_progress()
+        if progress is None:
+            return
+        start_ms, end_ms = progress.start_ms, progress.end_ms
         for i, table in enumerate(self.config.sources):
             if self.stop.is_set():
                 return
@@ -178,9 +204,8 @@ class Gateway:
                 start_ms,
                 end_ms,
                 self.stop,
-                key=f"backfill:{i}",
+                key=_progress_note(i),
             )
-            self.backfilled += added
             log.warning(
                 "backfill of %s: %d readings from %s to %s in %.0f s",
                 getattr(source, "name", table.get("type")),
@@ -189,6 +214,19 @@ class Gateway:
                 iso(end_ms),
                 time.monotonic() - started,
             )
+
+    def backfill_progress(self) -> BackfillProgress | None:
+        """The backfill's range and how far its history is stored; None before any backfill began."""
+        saved = self.outbox.note(_RANGE_NOTE)
+        if saved is None:
+            return None
+        start_ms, end_ms = (int(part) for part in saved.split(","))
+        reached = [
+            int(note) if (note := self.outbox.note(_progress_note(i))) is not None else start_ms
+            for i, source in enumerate(self.sources)
+            if hasattr(source, "history")
+        ]
+        return BackfillProgress(start_ms, end_ms, min(reached, default=end_ms))
 
     def _shut_down(self) -> None:
         self._sampling_stop.set()

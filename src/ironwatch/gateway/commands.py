@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     backfill_days = args.backfill
     if backfill_days is None:
         backfill_days = max((float(t.get("backfill_days", 0)) for t in sims), default=0.0)
+    if backfill_days > 0 and any("start" in t for t in sims):
+        # History ends where the live readings begin (now); a simulated start elsewhere would overlap it.
+        raise ConfigError("--backfill", "cannot be combined with a simulator's start option")
     gateway = Gateway(config, backfill_days=backfill_days)
     handlers = _on_stop_signals(gateway.stop)
     try:
@@ -145,14 +149,8 @@ def render_init(args: argparse.Namespace) -> str:
             continue
         sources.append("\n".join(f"# {line}" if line else "#" for line in example.strip().splitlines()))
     text += "\n\n".join(sources) + "\n"
-    gwconfig.parse(_toml(text), Path("."))  # what init prints must load
+    gwconfig.parse(tomllib.loads(text), Path("."))  # what init prints must load
     return text
-
-
-def _toml(text: str) -> dict[str, Any]:
-    import tomllib
-
-    return tomllib.loads(text)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from ironwatch.errors import ConfigError, MissingDependency
+from ironwatch.gateway.scaling import scale_and_offset
 from ironwatch.gateway.source import SourceUnavailable, empty_sample
 from ironwatch.model import ID_PATTERN, is_id
 
@@ -251,8 +252,7 @@ def _nodes(items: object, where: str) -> list[Node]:
             item["node"],
             item["sensor"],
             item["metric"],
-            _number(item, "scale", 1.0, at),
-            _number(item, "offset", 0.0, at),
+            *scale_and_offset(item, at),
         )
         for j, other in enumerate(nodes):
             if other.node == node.node:
@@ -263,13 +263,6 @@ def _nodes(items: object, where: str) -> list[Node]:
                 )
         nodes.append(node)
     return nodes
-
-
-def _number(item: Mapping[str, Any], key: str, default: float, at: str) -> float:
-    value = item.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-        raise ConfigError(f"{at}.{key}", f"expected a finite number, got {value!r}")
-    return float(value)
 
 
 def _positive(table: Mapping[str, Any], key: str, default: float, high: float, where: str) -> float:

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from ironwatch.errors import ConfigError
+from ironwatch.gateway.scaling import scale_and_offset
 from ironwatch.model import ID_PATTERN, is_id
 
 #: The Modbus limit of registers in one read request (function codes 3 and 4).
@@ -97,6 +98,7 @@ def _parse_one(item: object, at: str) -> Register:
     for key in ("sensor", "metric"):
         if not is_id(item[key]):
             raise ConfigError(f"{at}.{key}", f"{str(item[key])[:80]!r} does not match {ID_PATTERN}")
+    scale, offset = scale_and_offset(item, at)
     return Register(
         address=address,
         type=type_,
@@ -105,8 +107,8 @@ def _parse_one(item: object, at: str) -> Register:
         table=_choice(item, "table", TABLES, "holding", at),
         byte_order=_choice(item, "byte_order", ORDERS, "big", at),
         word_order=_choice(item, "word_order", ORDERS, "big", at),
-        scale=_number(item, "scale", 1.0, at),
-        offset=_number(item, "offset", 0.0, at),
+        scale=scale,
+        offset=offset,
     )
 
 
@@ -115,13 +117,6 @@ def _choice(item: Mapping[str, Any], key: str, allowed: tuple[str, ...], default
     if value not in allowed:
         raise ConfigError(f"{at}.{key}", f"expected one of {', '.join(allowed)}, got {value!r}")
     return str(value)
-
-
-def _number(item: Mapping[str, Any], key: str, default: float, at: str) -> float:
-    value = item.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-        raise ConfigError(f"{at}.{key}", f"expected a finite number, got {value!r}")
-    return float(value)
 
 
 def plan_blocks(registers: Sequence[Register], max_count: int = MAX_BLOCK) -> list[Block]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from ironwatch.gateway.outbox import Batch, Outbox
+from ironwatch.gateway.outbox import Outbox
 from ironwatch.gateway.uplink import Backoff, Result, Uplink
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ class SendStats:
     failures: int = 0
     is_link_up: bool = False
     last_error: str = ""
-    last_delivery_at: float | None = None
 
 
 class DeadLetters:
@@ -147,7 +146,6 @@ class Sender:
         if delivered:
             self.outbox.acknowledge([r.batch for r in delivered])
             self.stats.batches_delivered += len(delivered)
-            self.stats.last_delivery_at = time.time()
             for r in delivered:
                 if isinstance(r.answer, dict) and r.answer.get("duplicate"):
                     self.stats.duplicates += 1
@@ -157,14 +155,11 @@ class Sender:
         first = failed[0]
         self.stats.failures += 1
         self.stats.last_error = first.reason
-        unattempted = [r.batch for r in failed if r.batch.attempts == 0]
-        self._mark(unattempted)
+        for result in failed:
+            if result.batch.attempts == 0:  # from now on its readings count as sent
+                self.outbox.mark_attempted(result.batch)
         delay = self.backoff.next_delay_s(max((r.retry_after_s or 0.0) for r in failed))
         if self.stats.is_link_up or self.backoff.failures == 1:
             log.warning("uplink: %s; retrying in %.1f s", first.reason, delay)
         self.stats.is_link_up = False
         self.stop.wait(delay)
-
-    def _mark(self, batches: list[Batch]) -> None:
-        for batch in batches:
-            self.outbox.mark_attempted(batch)
