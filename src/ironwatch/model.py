@@ -55,14 +55,14 @@ QUARANTINE_SCHEMA = pa.schema(
 
 def is_id(text: object) -> bool:
     """Whether ``text`` is a valid id (safe in paths and MQTT topics)."""
-    return isinstance(text, str) and _ID.match(text) is not None
+    return isinstance(text, str) and _ID.fullmatch(text) is not None
 
 
 def check_id(field: str, text: object) -> str:
     """Return ``text`` if it is a valid id, else raise :class:`InvalidInput` naming ``field``."""
     if not isinstance(text, str):
         raise InvalidInput(field, f"expected a string id, got {type(text).__name__}")
-    if not _ID.match(text):
+    if not _ID.fullmatch(text):  # not match(): "$" also matches before a final newline
         raise InvalidInput(field, f"{text[:80]!r} does not match {ID_PATTERN}")
     return text
 

@@ -140,6 +140,8 @@ REFUSED = [
     Refused("gateway a number", 422, "invalid", "gateway", lambda n: encoded(n, gateway=7)),
     Refused("gateway of 65 characters", 422, "invalid", "gateway", lambda n: encoded(n, gateway="g" * 65)),
     Refused("site with spaces", 422, "invalid", "site", lambda n: encoded(n, site="hall a")),
+    # Python's "$" also matches before a final newline: ids are matched whole.
+    Refused("site ending in a newline", 422, "invalid", "site", lambda n: encoded(n, site="hall-a\n")),
     Refused("missing site", 422, "invalid", "site", lambda n: encoded(n, site=DROP)),
     Refused("batch a string", 422, "invalid", "batch", lambda n: encoded(n, batch=str(n))),
     Refused("batch negative", 422, "invalid", "batch", lambda n: encoded(n, batch=-n)),
@@ -305,6 +307,7 @@ QUARANTINED = [
     Quarantined("value null", bad(value=None), "value", "missing"),
     Quarantined("sensor with a space", bad(sensor="s 0412"), "sensor", f"does not match {ID_PATTERN}"),
     Quarantined("sensor '../etc'", bad(sensor="../etc"), "sensor", f"does not match {ID_PATTERN}"),
+    Quarantined("sensor ending in a newline", bad(sensor="s-x\n"), "sensor", f"does not match {ID_PATTERN}"),
     Quarantined("sensor a number", bad(sensor=412), "sensor", "expected a string, got an integer"),
     Quarantined("sensor missing", bad(sensor=DROP), "sensor", "missing"),
     Quarantined("metric with a slash", bad(metric="temp/c"), "metric", f"does not match {ID_PATTERN}"),

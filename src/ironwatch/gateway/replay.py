@@ -217,7 +217,7 @@ def from_config(
         if not isinstance(wide, Mapping) or not wide:
             raise ConfigError(f"{where}.metrics", 'must be a table {column = "metric_name", ...}')
         for column, name in wide.items():
-            if not isinstance(name, str) or not ID_PATTERN.match(name):
+            if not isinstance(name, str) or not ID_PATTERN.fullmatch(name):
                 raise ConfigError(f"{where}.metrics.{column}", f"{name!r} is not a valid metric name")
     else:
         names["metric_column"] = _text(table, "metric_column", where, "metric")
