@@ -7,12 +7,22 @@ import enum
 import re
 from datetime import UTC, datetime
 
+import numpy as np
 import pyarrow as pa
 
 from ironwatch.errors import InvalidInput
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _ID = re.compile(ID_PATTERN)
+ID_MAX_LENGTH = 64
+# ID_PATTERN as byte tables, for checking a whole Arrow string column at once (bytes of multi-byte
+# UTF-8 characters are all >= 0x80, so they are refused like any other character outside the set).
+_ALNUM = np.zeros(256, dtype=bool)
+for _chars in (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz", b"0123456789"):
+    _ALNUM[np.frombuffer(_chars, dtype=np.uint8)] = True
+_ID_BYTE = _ALNUM.copy()
+_ID_BYTE[np.frombuffer(b"._-", dtype=np.uint8)] = True
+_ID_BYTES = bytes(np.flatnonzero(_ID_BYTE).astype(np.uint8))
 
 #: Readings older than this are almost always epoch seconds sent as milliseconds.
 EARLIEST_TS_US = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
@@ -56,6 +66,50 @@ QUARANTINE_SCHEMA = pa.schema(
 def is_id(text: object) -> bool:
     """Whether ``text`` is a valid id (safe in paths and MQTT topics)."""
     return isinstance(text, str) and _ID.fullmatch(text) is not None
+
+
+def valid_ids(names: pa.Array) -> np.ndarray:
+    """Per string of an Arrow column, whether it is a valid id (null: not valid), with numpy alone.
+
+    The same answer as :func:`is_id` for every string, at a few microseconds per thousand: the
+    lengths come from the offsets, the first characters and every byte from lookup tables.
+    """
+    if not pa.types.is_string(names.type):
+        names = names.cast(pa.string())
+    n = len(names)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    _validity, offsets_buf, data_buf = names.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[names.offset : names.offset + n + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    lengths = ends - starts
+    ok = (lengths >= 1) & (lengths <= ID_MAX_LENGTH)
+    if names.null_count:
+        ok &= names.is_valid().to_numpy(zero_copy_only=False)
+    ok[ok] &= _ALNUM[data[starts[ok]]]
+    # A string is clean when no byte of it is outside the set: count bad bytes up to each offset.
+    span = data[offsets[0] : offsets[-1]]
+    bad_before = np.concatenate(([0], np.cumsum(~_ID_BYTE[span], dtype=np.int64)))
+    ok &= bad_before[ends - offsets[0]] == bad_before[starts - offsets[0]]
+    return ok
+
+
+def all_valid_ids(names: pa.Array) -> bool:
+    """Whether every string of an Arrow column is a valid id (the good batch's cheap check)."""
+    if names.null_count or len(names) == 0:
+        return len(names) == 0
+    if not pa.types.is_string(names.type):
+        return bool(valid_ids(names).all())
+    _validity, offsets_buf, data_buf = names.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[names.offset : names.offset + len(names) + 1]
+    lengths = np.diff(offsets)
+    if lengths.min() < 1 or lengths.max() > ID_MAX_LENGTH:
+        return False
+    if bytes(memoryview(data_buf)[offsets[0] : offsets[-1]]).translate(None, _ID_BYTES):
+        return False  # some byte outside the set
+    firsts = np.frombuffer(data_buf, dtype=np.uint8)[offsets[:-1]].tobytes()
+    return not (b"." in firsts or b"_" in firsts or b"-" in firsts)
 
 
 def check_id(field: str, text: object) -> str:

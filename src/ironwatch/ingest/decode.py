@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -89,43 +90,78 @@ def parse_json(body: bytes) -> Any:
             raise MalformedBody("body", f"not valid JSON: {fast_error}") from None
 
 
-class _Reading(msgspec.Struct, gc=False):
-    ts: str | int
+# Typed decoders for well-formed input, one per timestamp form: msgspec checks every type while it
+# parses, so a body that decodes here needs no further type checks. Epoch milliseconds come first
+# (what gateways send); text timestamps are tried second; anything else goes the generic way.
+class _ReadingMs(msgspec.Struct, gc=False):
+    ts: int
     sensor: str
     metric: str
     value: float
 
 
-class _Columns(msgspec.Struct, gc=False):
-    ts: list[str | int]
+class _ReadingText(msgspec.Struct, gc=False):
+    ts: str
+    sensor: str
+    metric: str
+    value: float
+
+
+class _ColumnsMs(msgspec.Struct, gc=False):
+    ts: list[int]
     sensor: list[str]
     metric: list[str]
     value: list[float]
 
 
-class _Envelope(msgspec.Struct, gc=False):
+class _ColumnsText(msgspec.Struct, gc=False):
+    ts: list[str]
+    sensor: list[str]
+    metric: list[str]
+    value: list[float]
+
+
+class _EnvelopeMs(msgspec.Struct, gc=False):
     gateway: str
     batch: int
     site: str
     sent_at: str | int | None = None
-    readings: list[_Reading] | None = None
-    columns: _Columns | None = None
+    readings: list[_ReadingMs] | None = None
+    columns: _ColumnsMs | None = None
 
 
-_TYPED = msgspec.json.Decoder(_Envelope)
+class _EnvelopeText(msgspec.Struct, gc=False):
+    gateway: str
+    batch: int
+    site: str
+    sent_at: str | int | None = None
+    readings: list[_ReadingText] | None = None
+    columns: _ColumnsText | None = None
+
+
+_TYPED = (msgspec.json.Decoder(_EnvelopeMs), msgspec.json.Decoder(_EnvelopeText))
+
+
+def _typed(body: bytes) -> _EnvelopeMs | _EnvelopeText | None:
+    for decoder in _TYPED:
+        try:
+            return decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            # msgspec raises UnicodeDecodeError for invalid UTF-8: the generic path names it as malformed
+            continue
+    return None
 
 
 def decode(body: bytes, *, max_readings: int) -> Decoded:
     """Decode an envelope; raise :class:`InvalidInput` for anything that makes the whole batch unusable.
 
-    Well-typed input is decoded straight into typed records and then Arrow columns; anything else
-    (a wrong type somewhere, NaN literals, a missing field) goes the generic way, which names
-    exactly what is wrong.
+    Well-typed input is decoded straight into typed records and then Arrow columns (numbers through
+    numpy, which converts a list of Python ints several times faster than Arrow does); anything else
+    (a wrong type somewhere, NaN literals, a missing field, timestamps of both forms) goes the
+    generic way, which names exactly what is wrong.
     """
-    try:
-        env = _TYPED.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-        # msgspec raises UnicodeDecodeError for invalid UTF-8: the generic path names it as malformed
+    env = _typed(body)
+    if env is None:
         return _decode_generic(body, max_readings)
     check_id("gateway", env.gateway)
     check_id("site", env.site)
@@ -149,16 +185,19 @@ def decode(body: bytes, *, max_readings: int) -> Decoded:
             raise InvalidInput(
                 "columns", f"{len(ts_list)} readings in one batch; the limit is {max_readings}"
             )
-    try:
-        ts = pa.array(ts_list, type=pa.int64() if ts_list and isinstance(ts_list[0], int) else pa.string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return _decode_generic(body, max_readings)  # timestamps of both forms in one batch
+    if isinstance(env, _EnvelopeMs):
+        try:
+            ts = pa.array(np.array(ts_list, dtype=np.int64))
+        except OverflowError:
+            return _decode_generic(body, max_readings)  # beyond int64: the slow path names the reading
+    else:
+        ts = pa.array(ts_list, type=pa.string())
     return Decoded(
         **head,
         ts=ts,
         sensor=pa.array(sensor, type=pa.string()),
         metric=pa.array(metric, type=pa.string()),
-        value=pa.array(value, type=pa.float64()),
+        value=pa.array(np.array(value, dtype=np.float64)),
     )
 
 

@@ -48,7 +48,13 @@ class Outcome:
     errors: list[dict[str, Any]]
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: it deep-copies the error list, ~40 us per batch on the hot path.
+        return {
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "duplicate": self.duplicate,
+            "errors": self.errors,
+        }
 
 
 @dataclasses.dataclass

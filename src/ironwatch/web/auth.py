@@ -23,7 +23,10 @@ class Authenticator:
 
     def principal(self, request: Request) -> Principal:
         """The caller of ``request``, or :class:`Unauthenticated`."""
-        header = request.headers.get("authorization")
+        return self.bearer(request.headers.get("authorization"))
+
+    def bearer(self, header: str | None) -> Principal:
+        """The caller named by an ``Authorization`` header's value, or :class:`Unauthenticated`."""
         if not header:
             raise Unauthenticated("missing 'Authorization: Bearer <key>' header")
         scheme, _, secret = header.partition(" ")
@@ -60,7 +63,11 @@ class Authenticator:
 
     def require(self, request: Request, *roles: Role) -> Principal:
         """The caller, who must hold one of ``roles``; :class:`Forbidden` otherwise."""
-        principal = self.principal(request)
+        return self.require_role(self.principal(request), *roles)
+
+    @staticmethod
+    def require_role(principal: Principal, *roles: Role) -> Principal:
+        """``principal`` if it holds one of ``roles``; :class:`Forbidden` otherwise."""
         if principal.role not in roles:
             allowed = ", ".join(r.value for r in roles)
             raise Forbidden(f"the {principal.role.value} role may not do this (needs {allowed})")

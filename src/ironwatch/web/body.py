@@ -12,17 +12,25 @@ from ironwatch.ingest import gunzip, parse_json
 
 async def read(request: Request, limit_bytes: int) -> bytes:
     """The raw body, gunzipped if ``Content-Encoding: gzip``; :class:`BodyTooLarge` past the limit."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
-        raise BodyTooLarge(limit_bytes)
+    check_length(request.headers.get("content-length"), limit_bytes)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit_bytes:
             raise BodyTooLarge(limit_bytes)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    return decoded(b"".join(chunks), request.headers.get("content-encoding"), limit_bytes)
+
+
+def check_length(declared: str | None, limit_bytes: int) -> None:
+    """Refuse a body by its declared ``Content-Length`` before reading it."""
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        raise BodyTooLarge(limit_bytes)
+
+
+def decoded(body: bytes, content_encoding: str | None, limit_bytes: int) -> bytes:
+    """A body as read off the wire, undone from its ``Content-Encoding`` (gzip or none)."""
+    encoding = (content_encoding or "identity").strip().lower()
     if encoding == "gzip":
         return gunzip(body, limit_bytes)
     if encoding not in {"identity", ""}:

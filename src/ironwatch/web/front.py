@@ -16,11 +16,9 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ironwatch.errors import IronwatchError
+from ironwatch.errors import BodyTooLarge, IronwatchError
 from ironwatch.web import body
 from ironwatch.web.auth import WRITERS
 from ironwatch.web.errors import error_response, ironwatch_response
@@ -29,6 +27,13 @@ from ironwatch.web.services import Services
 log = logging.getLogger(__name__)
 
 INGEST_PATH = "/api/v1/ingest"
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _Gone(Exception):
+    """The client went away before its body was read: there is no one to answer."""
 
 
 class Front:
@@ -40,23 +45,60 @@ class Front:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == INGEST_PATH and scope["method"] == "POST":
-            response = await self._ingest(Request(scope, receive))
-            await response(scope, receive, send)
+            await self._ingest(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    async def _ingest(self, request: Request) -> Response:
-        services = self.services
+    async def _ingest(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Plain ASGI messages in and out: no Request or Response objects for the good case."""
+        services, auth = self.services, self.services.auth
+        limit = int(services.settings.server.max_body_bytes)
+        headers = _headers(scope)
         try:
-            principal = services.auth.require(request, *WRITERS)
-            raw = await body.read(request, int(services.settings.server.max_body_bytes))
+            principal = auth.require_role(auth.bearer(headers.get("authorization")), *WRITERS)
+            body.check_length(headers.get("content-length"), limit)
+            raw = body.decoded(await _body(receive, limit), headers.get("content-encoding"), limit)
             outcome = await services.pipeline.ingest(principal, raw, "http")
+        except _Gone:
+            return
         except IronwatchError as exc:
-            return ironwatch_response(exc)
+            await ironwatch_response(exc)(scope, receive, send)
+            return
         except Exception:
             log.exception("unexpected error")
-            return error_response(500, "internal", "internal error; the server log has the details")
-        return Response(orjson.dumps(outcome.to_json()), media_type="application/json")
+            response = error_response(500, "internal", "internal error; the server log has the details")
+            await response(scope, receive, send)
+            return
+        answer = orjson.dumps(outcome.to_json())
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request headers this route reads (names are lower case in ASGI)."""
+    wanted = {b"authorization", b"content-length", b"content-encoding"}
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in wanted}
+
+
+async def _body(receive: Receive, limit_bytes: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Gone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit_bytes:
+            raise BodyTooLarge(limit_bytes)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def front(app: FastAPI) -> Any:
