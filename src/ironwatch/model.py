@@ -68,6 +68,14 @@ def is_id(text: object) -> bool:
     return isinstance(text, str) and _ID.fullmatch(text) is not None
 
 
+def _offsets_and_data(names: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets of a string column's slice and its whole data buffer, as numpy views."""
+    _validity, offsets_buf, data_buf = names.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[names.offset : names.offset + len(names) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
 def valid_ids(names: pa.Array) -> np.ndarray:
     """Per string of an Arrow column, whether it is a valid id (null: not valid), with numpy alone.
 
@@ -76,15 +84,12 @@ def valid_ids(names: pa.Array) -> np.ndarray:
     """
     if not pa.types.is_string(names.type):
         names = names.cast(pa.string())
-    n = len(names)
-    if n == 0:
+    if len(names) == 0:
         return np.zeros(0, dtype=bool)
-    _validity, offsets_buf, data_buf = names.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[names.offset : names.offset + n + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    offsets, data = _offsets_and_data(names)
     starts, ends = offsets[:-1], offsets[1:]
     lengths = ends - starts
-    ok = (lengths >= 1) & (lengths <= ID_MAX_LENGTH)
+    ok: np.ndarray = (lengths >= 1) & (lengths <= ID_MAX_LENGTH)
     if names.null_count:
         ok &= names.is_valid().to_numpy(zero_copy_only=False)
     ok[ok] &= _ALNUM[data[starts[ok]]]
@@ -101,14 +106,13 @@ def all_valid_ids(names: pa.Array) -> bool:
         return len(names) == 0
     if not pa.types.is_string(names.type):
         return bool(valid_ids(names).all())
-    _validity, offsets_buf, data_buf = names.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[names.offset : names.offset + len(names) + 1]
+    offsets, data = _offsets_and_data(names)
     lengths = np.diff(offsets)
     if lengths.min() < 1 or lengths.max() > ID_MAX_LENGTH:
         return False
-    if bytes(memoryview(data_buf)[offsets[0] : offsets[-1]]).translate(None, _ID_BYTES):
+    if data[offsets[0] : offsets[-1]].tobytes().translate(None, _ID_BYTES):
         return False  # some byte outside the set
-    firsts = np.frombuffer(data_buf, dtype=np.uint8)[offsets[:-1]].tobytes()
+    firsts = data[offsets[:-1]].tobytes()
     return not (b"." in firsts or b"_" in firsts or b"-" in firsts)
 
 

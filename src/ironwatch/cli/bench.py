@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from ironwatch.cli.command import add, group, print_result
@@ -20,11 +19,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
         clients=args.clients,
         form=args.form,
     )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for name, value in result.items():
-            print(f"{name:>22}  {value}")
+    print_result(result, args.json)
     return 0
 
 

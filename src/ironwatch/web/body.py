@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -13,13 +14,19 @@ from ironwatch.ingest import gunzip, parse_json
 async def read(request: Request, limit_bytes: int) -> bytes:
     """The raw body, gunzipped if ``Content-Encoding: gzip``; :class:`BodyTooLarge` past the limit."""
     check_length(request.headers.get("content-length"), limit_bytes)
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    raw = await collect(request.stream(), limit_bytes)
+    return decoded(raw, request.headers.get("content-encoding"), limit_bytes)
+
+
+async def collect(chunks: AsyncIterator[bytes], limit_bytes: int) -> bytes:
+    """Join a body's chunks as they arrive; :class:`BodyTooLarge` as soon as they pass the limit."""
+    parts, size = [], 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit_bytes:
             raise BodyTooLarge(limit_bytes)
-        chunks.append(chunk)
-    return decoded(b"".join(chunks), request.headers.get("content-encoding"), limit_bytes)
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def check_length(declared: str | None, limit_bytes: int) -> None:

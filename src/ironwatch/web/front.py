@@ -12,13 +12,14 @@ the HTTP API (refusals, errors, authentication) run against the server, so they 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from ironwatch.errors import BodyTooLarge, IronwatchError
+from ironwatch.errors import IronwatchError
 from ironwatch.web import body
 from ironwatch.web.auth import WRITERS
 from ironwatch.web.errors import error_response, ironwatch_response
@@ -57,7 +58,8 @@ class Front:
         try:
             principal = auth.require_role(auth.bearer(headers.get("authorization")), *WRITERS)
             body.check_length(headers.get("content-length"), limit)
-            raw = body.decoded(await _body(receive, limit), headers.get("content-encoding"), limit)
+            wire = await body.collect(_chunks(receive), limit)
+            raw = body.decoded(wire, headers.get("content-encoding"), limit)
             outcome = await services.pipeline.ingest(principal, raw, "http")
         except _Gone:
             return
@@ -86,19 +88,15 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in wanted}
 
 
-async def _body(receive: Receive, limit_bytes: int) -> bytes:
-    chunks, size = [], 0
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body's chunks, straight from the ASGI messages."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Gone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit_bytes:
-            raise BodyTooLarge(limit_bytes)
-        chunks.append(chunk)
+        yield message.get("body", b"")
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return
 
 
 def front(app: FastAPI) -> Any:
