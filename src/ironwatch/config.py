@@ -86,6 +86,13 @@ FIELDS: tuple[Field, ...] = (
         "Write-ahead log segment size that triggers a flush to Parquet.",
     ),
     Field("lake", "compression_level", int, 3, "zstd level of raw Parquet files."),
+    Field(
+        "lake",
+        "flush_process",
+        bool,
+        True,
+        "Write Parquet in a separate lake writer process, so flushing never holds up ingest.",
+    ),
     Field("lake", "compaction", bool, True, "Whether the server compacts closed hours in the background."),
     Field("lake", "compact_after_s", float, 7200.0, "An hour is compacted this long after it ended."),
     Field("lake", "compaction_interval_s", float, 60.0, "Pause between background compaction passes."),

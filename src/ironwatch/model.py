@@ -63,6 +63,11 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """A table of no rows; unlike ``schema.empty_table()`` it does not import pandas (~180 ms, ~40 MiB)."""
+    return pa.Table.from_batches([], schema=schema)
+
+
 def is_id(text: object) -> bool:
     """Whether ``text`` is a valid id (safe in paths and MQTT topics)."""
     return isinstance(text, str) and _ID.fullmatch(text) is not None

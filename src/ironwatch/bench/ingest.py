@@ -359,6 +359,10 @@ def _measure(
         else:
             t_ack = max(d["t_end"] for d in done)
         cpu_ack = sampler.cpu_s()
+        say(
+            f"all {wl.readings:,} acknowledged in {t_ack - t0:.2f} s "
+            f"({wl.readings / (t_ack - t0):,.0f} readings/s, server CPU {cpu_ack - cpu0:.2f} s)"
+        )
         stored, t_visible = _wait_visible(server, analyst_key, wl.readings, say)
         cpu_all = sampler.cpu_s()
         for p in procs:

@@ -3,10 +3,16 @@
 A segment is deleted only after its files are written and the checkpoint that follows them is on
 disk. File names derive from the segment (``{writer}-{seq}``), so flushing a segment again after a
 crash finds its files already there and writes only what is missing: every reading lands once.
+
+Writing the files (:func:`write_segment`) is a pure step from a segment to files, so it can run in
+the flusher's own thread or in a separate process (:mod:`ironwatch.ingest.lakewriter`); everything
+that touches the server's state (sensor discovery, the checkpoint, deleting the segment) stays in
+the flusher.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -14,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -82,6 +88,87 @@ def readings_table(recs: list[records.Record]) -> pa.Table:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """Sensors a segment holds readings of, for one tenant and site (to register as discovered)."""
+
+    tenant: str
+    site: str
+    gateway: str | None
+    sensors: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """What writing one segment to the lake produced."""
+
+    files: int
+    seen: list[Seen]
+
+
+def write_segment(
+    segment: Segment, name: str, root_of: Callable[[str], lake.Root], compression_level: int
+) -> Written:
+    """Write a segment's readings and quarantined rows to each tenant's root as files named ``name``."""
+    by_tenant: dict[str, list[records.Record]] = {}
+    for payload in read_records(segment.path):
+        rec = records.decode(payload)
+        by_tenant.setdefault(rec.tenant, []).append(rec)
+    files = 0
+    seen: list[Seen] = []
+    for tenant, recs in by_tenant.items():
+        root = root_of(tenant)
+        table = readings_table(recs)
+        if table.num_rows:
+            files += len(lake.write_readings(root, table, name, compression_level=compression_level))
+            seen += _sensors_seen(tenant, table)
+        bad = [r.quarantine for r in recs if r.quarantine.num_rows]
+        if bad:
+            files += len(lake.write_quarantine(root, pa.concat_tables(bad), name))
+    return Written(files, seen)
+
+
+def _sensors_seen(tenant: str, table: pa.Table) -> list[Seen]:
+    pairs = (
+        table.select(["site", "sensor", "gateway"])
+        .group_by(["site", "sensor"])
+        .aggregate([("gateway", "min")])
+    )
+    by_site: dict[str, list[str]] = {}
+    gateways: dict[str, str | None] = {}
+    for site, sensor, gateway in zip(
+        pairs["site"].to_pylist(),
+        pairs["sensor"].to_pylist(),
+        pairs["gateway_min"].to_pylist(),
+        strict=True,
+    ):
+        by_site.setdefault(site, []).append(sensor)
+        gateways.setdefault(site, gateway)
+    return [Seen(tenant, site, gateways[site], sensors) for site, sensors in by_site.items()]
+
+
+class SegmentWriter(Protocol):
+    """Where a segment's files are written: in the flusher's thread, or in a lake writer process."""
+
+    def write(self, segment: Segment, name: str) -> Written: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessWriter:
+    """Writes segments in the calling thread."""
+
+    def __init__(self, root_of: Callable[[str], lake.Root], compression_level: int) -> None:
+        self._root_of = root_of
+        self._compression_level = compression_level
+
+    def write(self, segment: Segment, name: str) -> Written:
+        return write_segment(segment, name, self._root_of, self._compression_level)
+
+    def close(self) -> None:
+        pass
+
+
 class Flusher:
     """A background thread that flushes segments in order, retrying storage errors with backoff."""
 
@@ -90,21 +177,19 @@ class Flusher:
         *,
         state_dir: Path,
         writer_id: str,
-        root_of: Callable[[str], lake.Root],
+        writer: SegmentWriter,
         ledger: Ledger,
         discover: Callable[[str, str, list[str], str | None], None],
         on_written: Callable[[int, int], None] = lambda files, size: None,
         on_flushed: Callable[[int], None] = lambda seq: None,
-        compression_level: int = 3,
     ) -> None:
         self.state_dir = state_dir
         self.writer_id = writer_id
-        self._root_of = root_of
+        self.writer = writer
         self._ledger = ledger
         self._discover = discover
         self._on_written = on_written
         self._on_flushed = on_flushed
-        self._compression_level = compression_level
         self._queue: queue.Queue[Segment | None] = queue.Queue()
         self._pending_bytes = 0
         self._lock = threading.Lock()
@@ -146,6 +231,7 @@ class Flusher:
         """Flush what is queued, then stop."""
         self._queue.put(None)
         self._thread.join()
+        self.writer.close()
 
     def _run(self) -> None:
         while True:
@@ -169,44 +255,11 @@ class Flusher:
                 self._idle.notify_all()
 
     def flush(self, segment: Segment) -> None:
-        """Write one segment to the lake, checkpoint, then delete it."""
-        by_tenant: dict[str, list[records.Record]] = {}
-        for payload in read_records(segment.path):
-            rec = records.decode(payload)
-            by_tenant.setdefault(rec.tenant, []).append(rec)
-        name = f"{self.writer_id}-{segment.seq:012d}"
-        files = size = 0
-        for tenant, recs in by_tenant.items():
-            root = self._root_of(tenant)
-            table = readings_table(recs)
-            if table.num_rows:
-                written = lake.write_readings(root, table, name, compression_level=self._compression_level)
-                files += len(written)
-                self._discover_sensors(tenant, table)
-            bad = [r.quarantine for r in recs if r.quarantine.num_rows]
-            if bad:
-                files += len(lake.write_quarantine(root, pa.concat_tables(bad), name))
-        size = segment.size_bytes
+        """Write one segment to the lake, register its sensors, checkpoint, then delete it."""
+        written = self.writer.write(segment, f"{self.writer_id}-{segment.seq:012d}")
+        for seen in written.seen:
+            self._discover(seen.tenant, seen.site, seen.sensors, seen.gateway)
         _write_checkpoint(self.state_dir, {"flushed_seq": segment.seq, "ledger": self._ledger.snapshot()})
         segment.path.unlink(missing_ok=True)
-        self._on_written(files, size)
+        self._on_written(written.files, segment.size_bytes)
         self._on_flushed(segment.seq)
-
-    def _discover_sensors(self, tenant: str, table: pa.Table) -> None:
-        pairs = (
-            table.select(["site", "sensor", "gateway"])
-            .group_by(["site", "sensor"])
-            .aggregate([("gateway", "min")])
-        )
-        by_site: dict[str, list[str]] = {}
-        gateways: dict[str, str | None] = {}
-        for site, sensor, gateway in zip(
-            pairs["site"].to_pylist(),
-            pairs["sensor"].to_pylist(),
-            pairs["gateway_min"].to_pylist(),
-            strict=True,
-        ):
-            by_site.setdefault(site, []).append(sensor)
-            gateways.setdefault(site, gateway)
-        for site, sensors in by_site.items():
-            self._discover(tenant, site, sensors, gateways[site])

@@ -24,13 +24,14 @@ from ironwatch.config import Settings
 from ironwatch.errors import Conflict, Forbidden, IronwatchError, Unavailable
 from ironwatch.ingest import record as records
 from ironwatch.ingest.decode import decode
-from ironwatch.ingest.flusher import Flusher, load_checkpoint
+from ironwatch.ingest.flusher import Flusher, InProcessWriter, SegmentWriter, load_checkpoint
 from ironwatch.ingest.health import Tracker
+from ironwatch.ingest.lakewriter import ProcessWriter
 from ironwatch.ingest.ledger import Key, Ledger
 from ironwatch.ingest.metrics import Metrics
 from ironwatch.ingest.validate import WAL_SCHEMA, Checked, check, whole_message
 from ironwatch.ingest.wal import Log, Segment, frame, read_records, segment_seq
-from ironwatch.model import Principal, Role, utc_now_us
+from ironwatch.model import Principal, Role, empty_table, utc_now_us
 from ironwatch.store import Store
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,11 @@ class Pipeline:
         self._flusher = Flusher(
             state_dir=self.state_dir,
             writer_id=self.writer_id,
-            root_of=self.root_of,
+            writer=self._segment_writer(),
             ledger=self.ledger,
             discover=self._discover,
             on_written=self._on_written,
             on_flushed=self.bus.recent.segment_flushed,
-            compression_level=self.settings.lake.compression_level,
         )
         last_seq = int(checkpoint["flushed_seq"])
         recovered = 0
@@ -162,6 +162,24 @@ class Pipeline:
                 interval_s=float(self.settings.lake.compaction_interval_s),
             )
             self._compactor.start()
+
+    def _segment_writer(self) -> SegmentWriter:
+        level = int(self.settings.lake.compression_level)
+        in_process = InProcessWriter(self.root_of, level)
+        if not self.settings.lake.flush_process:
+            return in_process
+        writer = ProcessWriter(self.state_dir, self._root_urls, level, fallback=in_process)
+        writer.start()
+        return writer
+
+    def _root_urls(self) -> dict[str, str]:
+        return {tenant.name: tenant.root_url for tenant in self.store.tenants()}
+
+    @property
+    def lake_writer_pid(self) -> int | None:
+        """The lake writer process's id, when segments are written in one and it runs."""
+        writer = self._flusher.writer if self._flusher is not None else None
+        return writer.pid if isinstance(writer, ProcessWriter) else None
 
     def _tick(self) -> None:
         interval = float(self.settings.lake.flush_interval_s)
@@ -398,7 +416,7 @@ class Pipeline:
         """Keep a message that could not be decoded, with the reason; durable once the future completes."""
         now = utc_now_us()
         table = whole_message(payload, reason, received_at_us=now, transport=transport, topic=topic)
-        rec = records.Record(tenant, transport, now, None, None, None, WAL_SCHEMA.empty_table(), table)
+        rec = records.Record(tenant, transport, now, None, None, None, empty_table(WAL_SCHEMA), table)
         self.metrics.messages_quarantined.labels(transport).inc()
         if self._log is None:
             raise Unavailable("the server is not accepting readings right now")

@@ -13,14 +13,14 @@ import orjson
 import pyarrow as pa
 
 from ironwatch.ingest.validate import WAL_SCHEMA
-from ironwatch.model import QUARANTINE_SCHEMA
+from ironwatch.model import QUARANTINE_SCHEMA, empty_table
 
 _LEN = struct.Struct("<I")
 # Explicit options: without them pyarrow reads two environment variables on every writer it opens.
 _WRITE_OPTIONS = pa.ipc.IpcWriteOptions()
 _READ_OPTIONS = pa.ipc.IpcReadOptions()
 # Tables are immutable, so one empty table per schema serves every record (building one costs ~50 us).
-_EMPTY = {id(schema): schema.empty_table() for schema in (WAL_SCHEMA, QUARANTINE_SCHEMA)}
+_EMPTY = {id(schema): empty_table(schema) for schema in (WAL_SCHEMA, QUARANTINE_SCHEMA)}
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ def _ipc(table: pa.Table) -> bytes:
 def _table(data: bytes, schema: pa.Schema) -> pa.Table:
     if not data:
         empty = _EMPTY.get(id(schema))
-        return empty if empty is not None else schema.empty_table()
+        return empty if empty is not None else empty_table(schema)
     return pa.ipc.open_stream(data, options=_READ_OPTIONS).read_all()
 
 

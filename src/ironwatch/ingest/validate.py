@@ -19,13 +19,21 @@ from ironwatch.ingest.decode import (
     TS_UNPARSEABLE,
     Decoded,
 )
-from ironwatch.model import EARLIEST_TS_US, ID_PATTERN, QUARANTINE_SCHEMA, TS_TYPE, all_valid_ids, valid_ids
+from ironwatch.model import (
+    EARLIEST_TS_US,
+    ID_PATTERN,
+    QUARANTINE_SCHEMA,
+    TS_TYPE,
+    all_valid_ids,
+    empty_table,
+    valid_ids,
+)
 
 #: Columns of good readings as they travel through the write-ahead log.
 WAL_SCHEMA = pa.schema(
     [("ts", pa.int64()), ("sensor", pa.string()), ("metric", pa.string()), ("value", pa.float64())]
 )
-_EMPTY_QUARANTINE = QUARANTINE_SCHEMA.empty_table()
+_EMPTY_QUARANTINE = empty_table(QUARANTINE_SCHEMA)
 
 
 @dataclasses.dataclass
@@ -140,7 +148,7 @@ def check(
     good_mask = pc.is_null(reason)
     table = pa.table([ts_us, decoded.sensor, decoded.metric, decoded.value], schema=WAL_SCHEMA)
     if reason.null_count == n:
-        return Checked(table, QUARANTINE_SCHEMA.empty_table(), [])
+        return Checked(table, empty_table(QUARANTINE_SCHEMA), [])
     bad_mask = pc.invert(good_mask)
     bad_idx = pc.indices_nonzero(bad_mask).cast(pa.int64())
     bad_reason, bad_field = pc.take(reason, bad_idx), pc.take(field, bad_idx)
