@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from conftest import Lab, Server, Tenant, wait_until
@@ -105,6 +106,30 @@ class Plant:
     def unflushed_segments(self) -> list[Path]:
         return sorted(p for p in self.wal.glob("*.wal") if p.stat().st_size > 0)
 
+    def lake_writer(self) -> psutil.Process:
+        """The server's lake writer process (it starts with the server)."""
+        assert self.server.proc is not None
+        return lake_writer_of(self.server.proc.pid)
+
+
+def lake_writer_of(server_pid: int) -> psutil.Process:
+    def find() -> psutil.Process | None:
+        for child in psutil.Process(server_pid).children():
+            if "ironwatch.ingest.lakewriter" in " ".join(child.cmdline()):
+                return child
+        return None
+
+    found = wait_until(find, 30, what="the server's lake writer process")
+    assert isinstance(found, psutil.Process)
+    return found
+
+
+def gone(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
 
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
@@ -138,14 +163,35 @@ def send_all(plant: Plant, bodies: list[dict[str, Any]], threads: int) -> list[d
 
 def test_every_acknowledged_reading_survives_kill_9(plant: Plant) -> None:
     batches = range(200)
+    writer = plant.lake_writer()
     answers = send_all(plant, [envelope("gw-kill", b) for b in batches], threads=4)
     plant.server.kill()  # right after the last acknowledgement, before the next flush
     assert all({k: a[k] for k in STORED} == STORED for a in answers), answers
     # The test means something only if acknowledged batches were still only in the log.
     assert plant.unflushed_segments(), "every batch was already flushed; nothing was left to recover"
+    # The killed server's lake writer sees the end of its input and leaves by itself.
+    wait_until(lambda: gone(writer), 30, what="the killed server's lake writer to exit")
     plant.server.start()
     plant.settle()
     plant.assert_stored_once("gw-kill", batches)
+
+
+def test_a_killed_lake_writer_is_replaced_and_nothing_is_lost(plant: Plant) -> None:
+    """The lake writer process dies (OOM killer, crash): the server starts another one, which writes
+    the segments again; every acknowledged reading lands once."""
+    for round_ in range(3):
+        writer = plant.lake_writer()
+        batches = range(round_ * 100, (round_ + 1) * 100)
+        answers = send_all(plant, [envelope("gw-writer", b) for b in batches], threads=4)
+        assert all({k: a[k] for k in STORED} == STORED for a in answers), answers
+        writer.kill()  # while it may be writing a segment, or between two
+        wait_until(lambda writer=writer: gone(writer), 10, what="the killed lake writer to exit")
+        plant.settle()
+        assert plant.lake_writer().pid != writer.pid
+    plant.assert_stored_once("gw-writer", range(300))
+    with plant.server.client(plant.acme.keys["analyst"]) as analyst:
+        ready = analyst.get("/readyz")
+    assert ready.status_code == 200, ready.text
 
 
 def test_same_batch_from_8_threads_at_once_is_stored_once(plant: Plant) -> None:
@@ -266,6 +312,9 @@ def test_a_graceful_stop_writes_everything_to_the_lake(lab: Lab) -> None:
     with server.client(acme.keys["gateway"]) as gw:
         assert gw.post("/api/v1/ingest", json=body).status_code == 200
     assert not list((lab.data_dir / "lake" / "acme").rglob("*.parquet")), "still only in the log"
+    assert server.proc is not None
+    writer = lake_writer_of(server.proc.pid)
     server.stop()
+    assert gone(writer), "the lake writer stops with the server"
     assert list((lab.data_dir / "lake" / "acme" / "readings").rglob("*.parquet")), "SIGTERM flushes"
     assert not [p for p in (lab.data_dir / "wal").glob("*.wal") if p.stat().st_size], "the log is empty"
