@@ -82,7 +82,7 @@ FIELDS: tuple[Field, ...] = (
         "lake",
         "segment_max_bytes",
         int,
-        16 * 1024 * 1024,
+        8 * 1024 * 1024,
         "Write-ahead log segment size that triggers a flush to Parquet.",
     ),
     Field("lake", "compression_level", int, 3, "zstd level of raw Parquet files."),

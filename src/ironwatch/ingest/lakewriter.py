@@ -1,9 +1,9 @@
 """The lake writer process: the flusher's Parquet work, done outside the server's interpreter.
 
-Turning a 16 MiB log segment into sorted, compressed Parquet files and rollup partials holds
-Python's global lock for much of its work. In the server's own process that work competes with the
-event loop and the MQTT subscriber for the one lock, and ingest slows down by a third while a
-segment is flushed. Run in a child process it uses the other core instead.
+Turning a log segment into sorted, compressed Parquet files and rollup partials holds Python's
+global lock for much of its work. In the server's own process that work competes with the event
+loop and the MQTT subscriber for the one lock (a server that writes no Parquet at all ingests about
+a third faster). Run in a child process it uses the other core instead.
 
 The child does one thing: given a closed segment, the file name and the tenants' storage root URLs,
 it writes the segment's files (:func:`ironwatch.ingest.flusher.write_segment`) and answers with what
@@ -107,6 +107,7 @@ class ProcessWriter:
             return proc
         if proc is not None:
             log.error("lake writer: the process stopped (exit code %s); starting a new one", proc.returncode)
+            _close(proc)
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD, str(self.state_dir)],
             stdin=subprocess.PIPE,
