@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,51 @@ def test_a_file_that_is_not_an_outbox_is_one_clear_error(tmp_path: Path) -> None
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(OutboxError, match=r"^outbox .*o\.db: file is not a database$"):
         open_outbox(path, gateway="gw-1", site="hall-a", max_bytes=64 << 20)
+
+
+def test_counts_read_while_batches_are_added_and_acknowledged(tmp_path: Path) -> None:
+    """The heartbeat and status threads read the counts while the sampler adds readings and the
+    sender acknowledges batches: every call succeeds (no "database is locked") and nothing is lost."""
+    import threading
+
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=256 << 20)
+    errors: list[BaseException] = []
+    done = threading.Event()
+    rounds = 150
+
+    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:
+                errors.append(exc)
+                done.set()
+
+        return run
+
+    def sample() -> None:
+        for i in range(rounds):
+            box.add(readings(200, start_ms=T0 + i * 20_000))
+            box.form_batches(100, max_age_s=0)
+
+    def send() -> None:
+        acked = 0
+        while acked < rounds * 2:
+            batches = box.next_batches(10)
+            box.acknowledge(batches)
+            acked += len(batches)
+        done.set()  # the watchers stop once everything is acknowledged
+
+    def watch() -> None:
+        while not done.is_set():
+            box.counts()
+            box.note("anything")
+
+    threads = [threading.Thread(target=guarded(f)) for f in (sample, send, watch, watch)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    counts = box.counts()
+    assert (counts.sampled, counts.acknowledged, counts.buffered) == (rounds * 200, rounds * 200, 0)

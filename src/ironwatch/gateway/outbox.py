@@ -295,11 +295,12 @@ class Outbox:
 
     def next_batches(self, limit: int = 1, after_seq: int = 0) -> list[Batch]:
         """The oldest batches waiting to be sent (after ``after_seq``), in sequence order."""
-        rows = self._acker.execute(
-            "SELECT seq, readings, first_ts_ms, attempts, is_tombstone, payload FROM batches"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        ).fetchall()
+        with self._lock:  # a connection serves one thread at a time (see _counts)
+            rows = self._acker.execute(
+                "SELECT seq, readings, first_ts_ms, attempts, is_tombstone, payload FROM batches"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
         return [Batch(r[0], r[1], r[2], r[3], bool(r[4]), bytes(r[5])) for r in rows]
 
     def mark_attempted(self, batch: Batch) -> None:
@@ -335,7 +336,8 @@ class Outbox:
 
     def note(self, key: str) -> str | None:
         """A value saved with :meth:`add` or :meth:`set_note`."""
-        row = self._acker.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            row = self._acker.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def set_note(self, key: str, value: str) -> None:
@@ -348,7 +350,11 @@ class Outbox:
     def counts(self) -> Counts:
         """Exact counts from the database (also while another process runs the gateway)."""
         try:
-            return self._counts()
+            # The heartbeat, status and metrics threads read while the sender uses the same
+            # connection: sharing one between threads at once breaks its statements ("another row
+            # available") and can start a write on a stale snapshot ("database is locked").
+            with self._lock:
+                return self._counts()
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {self.path}: {exc}") from exc
 
