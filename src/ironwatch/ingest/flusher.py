@@ -185,7 +185,7 @@ class Flusher:
     ) -> None:
         self.state_dir = state_dir
         self.writer_id = writer_id
-        self.writer = writer
+        self._writer = writer
         self._ledger = ledger
         self._discover = discover
         self._on_written = on_written
@@ -231,7 +231,7 @@ class Flusher:
         """Flush what is queued, then stop."""
         self._queue.put(None)
         self._thread.join()
-        self.writer.close()
+        self._writer.close()
 
     def _run(self) -> None:
         while True:
@@ -256,7 +256,7 @@ class Flusher:
 
     def flush(self, segment: Segment) -> None:
         """Write one segment to the lake, register its sensors, checkpoint, then delete it."""
-        written = self.writer.write(segment, f"{self.writer_id}-{segment.seq:012d}")
+        written = self._writer.write(segment, f"{self.writer_id}-{segment.seq:012d}")
         for seen in written.seen:
             self._discover(seen.tenant, seen.site, seen.sensors, seen.gateway)
         _write_checkpoint(self.state_dir, {"flushed_seq": segment.seq, "ledger": self._ledger.snapshot()})

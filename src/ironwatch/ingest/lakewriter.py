@@ -90,12 +90,6 @@ class ProcessWriter:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int | None:
-        """The child's process id, while one runs."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
     def start(self) -> None:
         """Start the child now, so that its imports overlap with the rest of the server's start."""
         with self._lock:
@@ -113,8 +107,12 @@ class ProcessWriter:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
-            # With the C library's allocator the child can give a flush's memory back (_give_back).
-            env={"ARROW_DEFAULT_MEMORY_POOL": "system", **os.environ},
+            env={
+                # With the C library's allocator the child can give a flush's memory back (_give_back).
+                "ARROW_DEFAULT_MEMORY_POOL": "system",
+                **os.environ,
+                "IRONWATCH_LAKE_WRITER_LOG_LEVEL": logging.getLevelName(logging.getLogger().level).lower(),
+            },
         )
         return self._proc
 
@@ -219,6 +217,8 @@ def _give_back() -> None:
 
 def main() -> None:
     """The child's entry point; its one argument is the log directory (where its lock lives)."""
-    logging.basicConfig(level=logging.WARNING, format="lake-writer %(levelname)s %(message)s")
+    from ironwatch import logs
+
+    logs.setup(os.environ.get("IRONWATCH_LAKE_WRITER_LOG_LEVEL", "warning"))
     with contextlib.suppress(BrokenPipeError):  # the server went away while we answered
         _serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)

@@ -175,12 +175,6 @@ class Pipeline:
     def _root_urls(self) -> dict[str, str]:
         return {tenant.name: tenant.root_url for tenant in self.store.tenants()}
 
-    @property
-    def lake_writer_pid(self) -> int | None:
-        """The lake writer process's id, when segments are written in one and it runs."""
-        writer = self._flusher.writer if self._flusher is not None else None
-        return writer.pid if isinstance(writer, ProcessWriter) else None
-
     def _tick(self) -> None:
         interval = float(self.settings.lake.flush_interval_s)
         while not self._stop.wait(min(interval, 1.0) / 2):
