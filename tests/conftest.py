@@ -72,6 +72,8 @@ class Server:
     url: str = ""
     port: int = 0
     log_path: Path | None = None
+    #: Its own process group, as a server started from a terminal (signals to the group reach its children).
+    new_session: bool = False
 
     def start(self) -> Server:
         args = [
@@ -88,7 +90,14 @@ class Server:
         env = {**os.environ, "IRONWATCH_LAKE__FLUSH_INTERVAL_S": "0.5", **self.env}
         self.log_path = self.data_dir.parent / "server.log"
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+            self.proc = subprocess.Popen(
+                args,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+                start_new_session=self.new_session,
+            )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("ironwatch listening on "):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import shutil
+import signal
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -140,6 +142,14 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
         yield Plant(lab, server, acme)
     finally:
         lab.close()
+
+
+def send_all_to(server: Server, tenant: Tenant, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send ``bodies`` one after the other; the answers."""
+    with server.client(tenant.keys["gateway"]) as gw:
+        answers = [gw.post("/api/v1/ingest", json=body) for body in bodies]
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    return [dict(r.json()) for r in answers]
 
 
 def send_all(plant: Plant, bodies: list[dict[str, Any]], threads: int) -> list[dict[str, Any]]:
@@ -317,4 +327,26 @@ def test_a_graceful_stop_writes_everything_to_the_lake(lab: Lab) -> None:
     server.stop()
     assert gone(writer), "the lake writer stops with the server"
     assert list((lab.data_dir / "lake" / "acme" / "readings").rglob("*.parquet")), "SIGTERM flushes"
+    assert not [p for p in (lab.data_dir / "wal").glob("*.wal") if p.stat().st_size], "the log is empty"
+
+
+def test_ctrl_c_to_the_process_group_stops_server_and_lake_writer_cleanly(lab: Lab) -> None:
+    """Ctrl-C in a terminal signals the server and its lake writer at once: the server still writes
+    everything to the lake through its lake writer, and nothing is killed half-way."""
+    acme = lab.tenant("acme", "gateway")
+    env = {"IRONWATCH_STORE__URL": lab.store_url, "IRONWATCH_LAKE__FLUSH_INTERVAL_S": "600"}
+    server = Server(lab.data_dir, [], env, new_session=True).start()
+    lab.servers.append(server)
+    answers = send_all_to(server, acme, [envelope("gw-ctrl-c", b) for b in range(50)])
+    assert all({k: a[k] for k in STORED} == STORED for a in answers)
+    assert server.proc is not None
+    writer = lake_writer_of(server.proc.pid)
+    os.killpg(server.proc.pid, signal.SIGINT)
+    assert server.proc.wait(timeout=60) in (0, 130)  # 130: the shell's code for a Ctrl-C
+    wait_until(lambda: gone(writer), 10, what="the lake writer to exit with the server")
+    assert server.log_path is not None
+    log = server.log_path.read_text()
+    assert "lake writer" not in log and "KeyboardInterrupt" not in log, log[-3000:]
+    files = list((lab.data_dir / "lake" / "acme" / "readings").rglob("*.parquet"))
+    assert files, "the graceful stop wrote the log to the lake"
     assert not [p for p in (lab.data_dir / "wal").glob("*.wal") if p.stat().st_size], "the log is empty"

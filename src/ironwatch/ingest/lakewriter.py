@@ -24,6 +24,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -219,6 +220,11 @@ def main() -> None:
     """The child's entry point; its one argument is the log directory (where its lock lives)."""
     from ironwatch import logs
 
+    # Ctrl-C in a terminal (and a service manager's SIGTERM) reaches the whole process group; the
+    # server decides when its lake writer stops (it closes its stdin after the last segment), so
+    # the child must not die half-way through a segment the server's graceful stop waits for.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     logs.setup(os.environ.get("IRONWATCH_LAKE_WRITER_LOG_LEVEL", "warning"))
     with contextlib.suppress(BrokenPipeError):  # the server went away while we answered
         _serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
