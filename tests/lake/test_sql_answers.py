@@ -175,3 +175,22 @@ def test_more_rows_than_allowed_suggests_a_query_job(root: Root) -> None:
         lake.query.run(root, "SELECT * FROM range(1000)", max_rows=999)
     assert caught.value.details == {"max_rows": 999}
     assert lake.query.run(root, "SELECT * FROM range(1000)", max_rows=1000).num_rows == 1000
+
+
+def test_a_stop_at_any_moment_of_the_start_ends_the_query(root: Root) -> None:
+    """A stop that lands while the query is being prepared, before DuckDB executes it, must not be
+    lost (DuckDB forgets an interrupt when a query begins): the query still ends at once."""
+    blocker = "SELECT sum(i) FROM range(1000000000000000) t(i)"  # one row, after a very long time
+    for delay_s in [0.0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.012, 0.02, 0.03] * 3:
+        started = time.monotonic()
+
+        def stop_soon(answer: lake.query.Stream, delay_s: float = delay_s) -> None:
+            threading.Timer(delay_s, answer.stop).start()
+
+        with (
+            pytest.raises(QueryError, match="cancelled"),
+            lake.query.stream(root, blocker, timeout_s=30, on_open=stop_soon) as answer,
+        ):
+            for _ in answer:
+                pass
+        assert time.monotonic() - started < 10, f"a stop {delay_s * 1000:g} ms after the open was lost"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
@@ -31,6 +32,8 @@ from ironwatch.lake.root import Root
 from ironwatch.lake.sandbox import connect
 
 FORMATS = ("csv", "json", "parquet")
+#: How often a stopped or timed-out query is interrupted again until its stream ends.
+INTERRUPT_REPEAT_S = 0.05
 __all__ = ["FORMATS", "Pool", "Stream", "connect", "encode", "run", "stream", "to_json"]
 
 
@@ -54,19 +57,37 @@ class Stream:
         # cancel racing the end, the timer) must not interrupt the next query it serves.
         self._lock = threading.Lock()
         self._is_open = True
+        self._repeater: threading.Thread | None = None
 
     def stop(self) -> None:
         """Stop the query (a cancel); safe to call from another thread, more than once, and after
         the query ended (then it does nothing)."""
         with self._lock:
             self.is_stopped = True
-            if self._is_open:
-                self._con.interrupt()
+            self._interrupt()
 
     def _time_out(self) -> None:
         with self._lock:
             self.is_timed_out = True
-            if self._is_open:
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        # Called with the lock held. DuckDB forgets an interrupt when a query begins, so one that
+        # lands while the query is being prepared would be lost and the query would run on to its
+        # time limit: repeat it until the stream ends.
+        if not self._is_open:
+            return
+        self._con.interrupt()
+        if self._repeater is None:
+            self._repeater = threading.Thread(target=self._repeat_interrupt, name="query-stop", daemon=True)
+            self._repeater.start()
+
+    def _repeat_interrupt(self) -> None:
+        while True:
+            time.sleep(INTERRUPT_REPEAT_S)
+            with self._lock:
+                if not self._is_open:
+                    return
                 self._con.interrupt()
 
     def _end(self) -> None:
