@@ -158,6 +158,13 @@ FIELDS: tuple[Field, ...] = (
     Field("query", "workers", int, 2, "Query jobs that run at the same time (the rest wait in the queue)."),
     Field("query", "max_jobs", int, 20, "Most query jobs one tenant may have queued or running."),
     Field("query", "job_timeout_s", float, 600.0, "Longest time one query job may run."),
+    Field(
+        "query",
+        "results_keep_s",
+        float,
+        7 * 24 * 3600.0,
+        "How long a finished query job and its saved result are kept; 0 keeps them for ever.",
+    ),
     Field("query", "idle_sandboxes", int, 4, "Sandboxed DuckDBs kept open between queries, all tenants."),
     Field("query", "idle_sandboxes_per_tenant", int, 2, "Sandboxed DuckDBs of one tenant kept open."),
     Field("query", "idle_sandbox_s", float, 300.0, "Longest a sandboxed DuckDB is kept open unused."),

@@ -112,3 +112,24 @@ def test_a_query_job_survives_a_restart_of_a_server_on_postgres(tmp_path: Path, 
         with lab.store.engine.begin() as conn:
             conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
         lab.store.close()
+
+
+def test_finished_before_lists_only_jobs_that_ended_before_the_cutoff(records: QueryRecords) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    ended = [records.add(t, "SELECT 1", key_id=None, owner="a") for t in ("acme", "acme2", "acme")]
+    for job, status in zip(ended, ("succeeded", "failed", "succeeded"), strict=True):
+        records.start(job.id)
+        records.finish(job.id, status)
+    running = records.add("acme", "SELECT 1", key_id=None, owner="a")
+    records.start(running.id)
+    queued = records.add("acme", "SELECT 1", key_id=None, owner="a")
+    now = datetime.now(UTC)
+    assert records.finished_before(now - timedelta(hours=1)) == []
+    found = records.finished_before(now + timedelta(seconds=1))
+    assert sorted(j.id for j in found) == sorted(j.id for j in ended), "every tenant's, finished only"
+    assert len(records.finished_before(now + timedelta(seconds=1), limit=2)) == 2
+    records.delete(ended[0].id)
+    with pytest.raises(NotFound):
+        records.get("acme", ended[0].id)
+    assert {j.id for j in records.recent("acme")} == {ended[2].id, running.id, queued.id}

@@ -280,3 +280,30 @@ def test_a_job_running_when_the_server_stops_is_failed_and_queued_ones_run_after
         done = wait_status(c, queued["id"], *FINISHED)
         assert done["status"] == "succeeded", done
         assert c.get(f"/api/v1/queries/{done['id']}/result").text.split() == ['"answer"', "42"]
+
+
+# --- retention -----------------------------------------------------------------------------------------
+
+
+def test_finished_jobs_and_their_results_are_deleted_after_results_keep_s(lab: Lab) -> None:
+    key = lab.tenant("acme", "analyst").keys["analyst"]
+    server = lab.server(IRONWATCH_QUERY__RESULTS_KEEP_S="3")
+    results = lab.data_dir / "lake" / "acme" / "results"
+    with server.client(key) as c:
+        old = wait_status(c, submit(c, "SELECT 42 AS answer")["id"], *FINISHED)
+        assert old["status"] == "succeeded", old
+        assert c.get(f"/api/v1/queries/{old['id']}/result").status_code == 200
+        assert (results / f"{old['id']}.csv").exists()
+        failed = wait_status(c, submit(c, "SELECT * FROM no_such_table")["id"], *FINISHED)
+        assert failed["status"] == "failed"
+        wait_until(
+            lambda: c.get(f"/api/v1/queries/{old['id']}").status_code == 404,
+            timeout_s=30,
+            what="the expired job to be deleted",
+        )
+        assert not (results / f"{old['id']}.csv").exists(), "its result is deleted with it"
+        assert_error(c.get(f"/api/v1/queries/{old['id']}/result"), 404, "not_found")
+        wait_until(lambda: c.get(f"/api/v1/queries/{failed['id']}").status_code == 404, timeout_s=30)
+        fresh = wait_status(c, submit(c, "SELECT 1 AS one")["id"], *FINISHED)
+        assert c.get(f"/api/v1/queries/{fresh['id']}/result").status_code == 200, "a new job is kept"
+        assert [j["id"] for j in c.get("/api/v1/queries").json()["queries"]] == [fresh["id"]]

@@ -6,7 +6,9 @@ longer ``query.job_timeout_s``),
 streams Arrow batches through pyarrow's CSV writer into ``results/{id}.csv`` of the tenant root
 (never the whole answer in memory), and records rows, bytes scanned and duration. The records live
 in the metadata database, so they survive restarts; a job that was running when its server died
-is marked failed when the server starts again, and jobs still queued then run.
+is marked failed when the server starts again, and jobs still queued then run. Finished jobs and
+their saved results are deleted ``query.results_keep_s`` after they finished, so that the results of
+queries nobody fetches do not fill the tenants' roots.
 """
 
 from __future__ import annotations
@@ -17,13 +19,21 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ironwatch.config import Settings
-from ironwatch.errors import Conflict, InvalidInput, IronwatchError, TooManyRequests, Unavailable
+from ironwatch.errors import (
+    Conflict,
+    InvalidInput,
+    IronwatchError,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+)
 from ironwatch.lake import query
 from ironwatch.lake.pool import Pool
 from ironwatch.lake.root import Root
@@ -45,6 +55,8 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 1.0
 #: How long ``DELETE`` waits for a running job to stop before it answers.
 CANCEL_WAIT_S = 10.0
+#: Longest pause between two looks for finished jobs to delete.
+EXPIRE_INTERVAL_S = 600.0
 
 
 class _Counted:
@@ -91,6 +103,8 @@ class Runner:
         self._cancelled: set[str] = set()
         self._done: dict[str, threading.Event] = {}
         self._is_stopping = False
+        self._stop = threading.Event()
+        self._expirer: threading.Thread | None = None
 
     def start(self) -> None:
         """Start the workers; fail the jobs a crash left running, and run those still queued."""
@@ -101,16 +115,52 @@ class Runner:
             log.warning("query job %s of %s was running when the server stopped: failed", job.id, job.tenant)
         for job in queued:
             self._schedule(job)
+        if float(self.settings.query.results_keep_s) > 0:
+            self._expirer = threading.Thread(target=self._expire_loop, name="query-expirer", daemon=True)
+            self._expirer.start()
 
     def stop(self) -> None:
         """Stop running jobs (they fail, saying the server stopped); queued ones run after a restart."""
         self._is_stopping = True
+        self._stop.set()
+        if self._expirer is not None:
+            self._expirer.join()
         with self._lock:
             streams = list(self._streams.values())
         for stream in streams:
             stream.stop()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # retention ---------------------------------------------------------------------------------
+    def _expire_loop(self) -> None:
+        keep_s = float(self.settings.query.results_keep_s)
+        interval_s = min(max(keep_s / 4, 0.5), EXPIRE_INTERVAL_S)
+        while not self._stop.wait(interval_s):
+            try:
+                self.expire(keep_s)
+            except Exception:  # the next pass tries again
+                log.exception("query jobs: cannot delete expired jobs")
+
+    def expire(self, keep_s: float) -> int:
+        """Delete the jobs that finished more than ``keep_s`` ago, and their saved results.
+
+        One pass deletes at most a thousand; the next pass goes on.
+        """
+        cutoff = datetime.now(UTC) - timedelta(seconds=keep_s)
+        expired = self.records.finished_before(cutoff)
+        for job in expired:
+            if job.status == SUCCEEDED:
+                try:
+                    root = self.root_of(job.tenant)
+                except NotFound:  # the tenant is gone, and its root with it
+                    pass
+                else:
+                    root.delete(job.result_path)  # before the record, so no result is ever orphaned
+            self.records.delete(job.id)
+        if expired:
+            log.info("query jobs: deleted %d finished over %.0f s ago, with results", len(expired), keep_s)
+        return len(expired)
 
     # API ---------------------------------------------------------------------------------------
     def submit(self, tenant: str, sql: Any, *, key_id: str | None = None) -> QueryJob:

@@ -160,6 +160,18 @@ class QueryRecords:
         error = {"code": "cancelled", "message": "cancelled before it started", "details": {}}
         return self._move(job_id, (QUEUED,), status=CANCELLED, finished_at=_now(), error=error)
 
+    def finished_before(self, when: datetime, limit: int = 1000) -> list[QueryJob]:
+        """Jobs of every tenant that finished before ``when``, oldest first."""
+        cond = self.table.c.status.in_(FINISHED) & (self.table.c.finished_at < when)
+        query = sa.select(self.table).where(cond).order_by(self.table.c.finished_at).limit(limit)
+        with self.store._begin() as conn:
+            return [_job(r) for r in conn.execute(query).all()]
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job (its saved result must be deleted first)."""
+        with self.store._begin() as conn:
+            conn.execute(self.table.delete().where(self.table.c.id == job_id))
+
     def recover(self, owner: str, reason: str) -> tuple[list[QueryJob], list[QueryJob]]:
         """After a restart of server ``owner``: fail its jobs that were running (with ``reason``), and
         return them and its jobs still queued, which can run now."""
