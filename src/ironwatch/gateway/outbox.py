@@ -295,7 +295,7 @@ class Outbox:
 
     def next_batches(self, limit: int = 1, after_seq: int = 0) -> list[Batch]:
         """The oldest batches waiting to be sent (after ``after_seq``), in sequence order."""
-        with self._lock:  # a connection serves one thread at a time (see _counts)
+        with self._lock:  # a connection serves one thread at a time (see counts)
             rows = self._acker.execute(
                 "SELECT seq, readings, first_ts_ms, attempts, is_tombstone, payload FROM batches"
                 " WHERE seq > ? ORDER BY seq LIMIT ?",

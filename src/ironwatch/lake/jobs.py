@@ -102,7 +102,6 @@ class Runner:
         self._streams: dict[str, query.Stream] = {}
         self._cancelled: set[str] = set()
         self._done: dict[str, threading.Event] = {}
-        self._is_stopping = False
         self._stop = threading.Event()
         self._expirer: threading.Thread | None = None
 
@@ -121,7 +120,6 @@ class Runner:
 
     def stop(self) -> None:
         """Stop running jobs (they fail, saying the server stopped); queued ones run after a restart."""
-        self._is_stopping = True
         self._stop.set()
         if self._expirer is not None:
             self._expirer.join()
@@ -167,7 +165,7 @@ class Runner:
         """Record a queued job for ``sql`` and schedule it; the job is returned at once."""
         if not isinstance(sql, str) or not sql.strip():
             raise InvalidInput("sql", "expected a non-empty SQL statement")
-        if self._pool is None or self._is_stopping:
+        if self._pool is None or self._stop.is_set():
             raise Unavailable("the query workers are not running")
         limit = int(self.settings.query.max_jobs)
         if self.records.active(tenant) >= limit:
@@ -276,7 +274,7 @@ class Runner:
     def _opened(self, job_id: str, answer: query.Stream) -> None:
         with self._lock:
             self._streams[job_id] = answer
-            if job_id in self._cancelled or self._is_stopping:
+            if job_id in self._cancelled or self._stop.is_set():
                 answer.stop()
 
     def _fail(self, job: QueryJob, exc: IronwatchError) -> None:
