@@ -67,8 +67,8 @@ def readings_table(recs: list[records.Record]) -> pa.Table:
     recs = [r for r in recs if r.good.num_rows]
     if not recs:
         return pa.table({"ts": pa.array([], TS_TYPE)})
-    counts = np.array([r.good.num_rows for r in recs])
-    owner = pa.array(np.repeat(np.arange(len(recs)), counts))
+    parts = [(r, p) for r in recs for p in r.parts]
+    owner = pa.array(np.repeat(np.arange(len(parts)), [p.rows for _, p in parts]))
     table = pa.concat_tables([r.good for r in recs])
 
     def spread(values: list[Any], typ: pa.DataType) -> pa.Array:
@@ -76,14 +76,14 @@ def readings_table(recs: list[records.Record]) -> pa.Table:
 
     return pa.table(
         {
-            "site": spread([r.site for r in recs], pa.string()),
+            "site": spread([p.site for _, p in parts], pa.string()),
             "ts": table["ts"].cast(TS_TYPE),
             "sensor": table["sensor"],
             "metric": table["metric"],
             "value": table["value"],
-            "gateway": spread([r.gateway for r in recs], pa.string()),
-            "batch": spread([r.batch for r in recs], pa.int64()),
-            "received_at": spread([r.received_at_us for r in recs], pa.int64()).cast(TS_TYPE),
+            "gateway": spread([p.gateway for _, p in parts], pa.string()),
+            "batch": spread([p.batch for _, p in parts], pa.int64()),
+            "received_at": spread([r.received_at_us for r, _ in parts], pa.int64()).cast(TS_TYPE),
         }
     )
 

@@ -11,6 +11,11 @@ off, a session expiry), so the broker keeps every unacknowledged or newly publis
 the server is down or reconnecting, and delivers it again; a batch delivered twice is answered as a
 duplicate by the ledger. PUBACKs are sent in the order the messages arrived, as MQTT asks.
 
+Readings are admitted in groups: the network thread only checks a message's topic and queues it,
+and an admitting thread takes every message queued meanwhile (up to :data:`GROUP_MAX_MESSAGES` or
+:data:`GROUP_MAX_BYTES`) into one pass of the pipeline, so a stream of small messages costs one
+log record and one fsync per group, not per message. A lone message is admitted at once.
+
 The topic is the only identity a message has, so the broker's access rules must allow a gateway
 to publish only under its own tenant, site and gateway.
 """
@@ -60,6 +65,13 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 #: How long ``stop`` waits for the acknowledgements of messages already being written.
 STOP_DRAIN_S = 10.0
+#: Most messages, and most payload bytes, admitted together as one group.
+GROUP_MAX_MESSAGES = 512
+GROUP_MAX_BYTES = 512 << 10
+#: Most payload bytes waiting for the admitting thread. Past it the network thread waits, so the
+#: broker's messages wait in the socket and at the broker (which does not always keep to the
+#: receive maximum), not in the server's memory.
+INBOX_MAX_BYTES = 4 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -106,6 +118,17 @@ class _Delivery:
     mid: int
     generation: int
     state: _State = _State.PENDING
+
+
+@dataclasses.dataclass(frozen=True)
+class _Queued:
+    """A readings message whose topic checked out, waiting for the admitting thread."""
+
+    delivery: _Delivery | None
+    principal: Principal
+    topic: str
+    #: The message as JSON (a gzipped message is kept unzipped, so quarantine shows it readable).
+    body: bytes
 
 
 class _Acks:
@@ -187,6 +210,11 @@ class Subscriber:
         self._subscribe_mid: int | None = None
         self._stopping = threading.Event()
         self._known_tenants: set[str] = set()
+        self._inbox: deque[_Queued] = deque()
+        self._inbox_bytes = 0
+        self._inbox_cond = threading.Condition()
+        self._admitter: threading.Thread | None = None
+        self._admitter_stop = False
 
     # life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -229,8 +257,12 @@ class Subscriber:
             )
         except ValueError as exc:
             raise ConfigError("mqtt.url", str(exc)) from exc
+        self._admitter_stop = False
+        self._admitter = threading.Thread(target=self._admit_loop, name="mqtt-admit", daemon=True)
+        self._admitter.start()
         rc = client.loop_start()
         if rc != mqtt.MQTT_ERR_SUCCESS:
+            self._stop_admitter()
             raise Unavailable(f"cannot start the MQTT client: {mqtt.error_string(rc)}")
         self._client = client
         log.info("MQTT: connecting to %s as %s", self._address, self._settings.mqtt.client_id)
@@ -252,8 +284,19 @@ class Subscriber:
             )
         client.disconnect()
         client.loop_stop()
+        self._stop_admitter()
         self._client = None
         self._is_connected = self._is_subscribed = False
+
+    def _stop_admitter(self) -> None:
+        with self._inbox_cond:
+            self._inbox.clear()  # unacknowledged: the broker sends them again
+            self._inbox_bytes = 0
+            self._admitter_stop = True
+            self._inbox_cond.notify_all()
+        if self._admitter is not None:
+            self._admitter.join()
+            self._admitter = None
 
     @property
     def is_connected(self) -> bool:
@@ -275,6 +318,10 @@ class Subscriber:
                 log.error("MQTT: broker %s refused the connection: %s", self._address, reason)
                 return
             self._acks.reset()
+            with self._inbox_cond:
+                self._inbox.clear()  # the previous connection's: the broker sends them again
+                self._inbox_bytes = 0
+                self._inbox_cond.notify_all()
             self._is_connected = True
             log.info("MQTT: connected to %s (session present: %s)", self._address, flags.session_present)
             mqtt = _paho()
@@ -374,11 +421,57 @@ class Subscriber:
                 self._heartbeat(principal, body)
                 self._acks.settle(delivery, ack=True)
                 return
-            written = self._pipeline.ingest_blocking(principal, body, TRANSPORT, may_register=False)
         except IronwatchError as exc:
             self._reject(delivery, tenant, topic, payload, exc)
             return
-        written.add_done_callback(partial(self._on_durable, delivery, topic))
+        with self._inbox_cond:
+            while self._inbox_bytes >= INBOX_MAX_BYTES and not self._admitter_stop:
+                self._inbox_cond.wait()
+            self._inbox.append(_Queued(delivery, principal, topic, body))
+            self._inbox_bytes += len(body)
+            self._inbox_cond.notify_all()
+
+    def _admit_loop(self) -> None:
+        """The admitting thread: take what is queued, admit it as one group, again."""
+        while True:
+            with self._inbox_cond:
+                while not self._inbox and not self._admitter_stop:
+                    self._inbox_cond.wait()
+                if self._admitter_stop:
+                    return
+                group: list[_Queued] = []
+                size = 0
+                while self._inbox and len(group) < GROUP_MAX_MESSAGES and size < GROUP_MAX_BYTES:
+                    queued = self._inbox.popleft()
+                    group.append(queued)
+                    size += len(queued.body)
+                self._inbox_bytes -= size
+                self._inbox_cond.notify_all()  # the network thread may wait for room
+            try:
+                self._admit(group)
+            except Exception:
+                # A bug, not bad messages: leave them with the broker rather than lose them.
+                log.exception("MQTT: %d messages could not be handled; left unacknowledged", len(group))
+                for queued in group:
+                    self._acks.settle(queued.delivery, ack=False)
+
+    def _admit(self, group: list[_Queued]) -> None:
+        answers = self._pipeline.ingest_many(
+            [(queued.principal, queued.body) for queued in group], TRANSPORT, may_register=False
+        )
+        for queued, answer in zip(group, answers, strict=True):
+            if isinstance(answer, IronwatchError):
+                tenant = queued.principal.tenant
+                self._reject(queued.delivery, tenant, queued.topic, queued.body, answer)
+            elif isinstance(answer, Exception):
+                log.error(
+                    "MQTT: message on %s could not be handled; left unacknowledged",
+                    queued.topic,
+                    exc_info=answer,
+                )
+                self._acks.settle(queued.delivery, ack=False)
+            else:
+                answer.add_done_callback(partial(self._on_durable, queued.delivery, queued.topic))
 
     def _is_tenant(self, tenant: str) -> bool:
         if tenant in self._known_tenants:

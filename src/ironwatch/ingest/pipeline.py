@@ -15,21 +15,25 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from ironwatch import lake, live
 from ironwatch.config import Settings
 from ironwatch.errors import Conflict, Forbidden, IronwatchError, Unavailable
 from ironwatch.ingest import record as records
-from ironwatch.ingest.decode import decode
+from ironwatch.ingest.decode import Decoded, decode
 from ironwatch.ingest.flusher import Flusher, InProcessWriter, SegmentWriter, load_checkpoint
 from ironwatch.ingest.health import Tracker
 from ironwatch.ingest.lakewriter import ProcessWriter
 from ironwatch.ingest.ledger import Key, Ledger
 from ironwatch.ingest.metrics import Metrics
-from ironwatch.ingest.validate import WAL_SCHEMA, Checked, check, whole_message
+from ironwatch.ingest.validate import WAL_SCHEMA, Checked, check_many, whole_message
 from ironwatch.ingest.wal import Log, Segment, frame, read_records, segment_seq
 from ironwatch.model import Principal, Role, empty_table, utc_now_us
 from ironwatch.store import Store
@@ -56,15 +60,6 @@ class Outcome:
             "duplicate": self.duplicate,
             "errors": self.errors,
         }
-
-
-@dataclasses.dataclass
-class _Admitted:
-    key: Key
-    checked: Checked
-    payload: bytes
-    started: float
-    site: str
 
 
 class Pipeline:
@@ -128,15 +123,15 @@ class Pipeline:
                 continue
             for payload in read_records(path):
                 rec = records.decode(payload)
-                if rec.batch is not None and rec.gateway is not None:
-                    self.ledger.mark((rec.tenant, rec.gateway, rec.batch))
+                for part, good in rec.batches():
+                    self.ledger.mark((rec.tenant, part.gateway, part.batch))
                     self.health.replay(
-                        rec.tenant, rec.gateway, rec.batch, rec.site or "", rec.good, rec.received_at_us
+                        rec.tenant, part.gateway, part.batch, part.site, good, rec.received_at_us
                     )
                 recovered += 1
             self._flusher.submit(Segment(seq, path, path.stat().st_size))
         if recovered:
-            log.warning("recovered %d batches from the write-ahead log", recovered)
+            log.warning("recovered %d records from the write-ahead log", recovered)
         self._flusher.start()
         self.health.start()
         self._log = Log(
@@ -277,13 +272,12 @@ class Pipeline:
         self.metrics.lake_bytes_flushed.inc(size_bytes)
 
     # the pipeline ------------------------------------------------------------------------------
-    def _admit(self, principal: Principal, body: bytes, transport: str, *, may_register: bool) -> _Admitted:
-        started = time.perf_counter()
+    def _decode(self, principal: Principal, body: bytes, transport: str, *, may_register: bool) -> Decoded:
+        """Decode one envelope and check that ``principal`` may send it."""
         if principal.role not in INGEST_ROLES:
             raise Forbidden(f"the {principal.role.value} role may not send readings")
-        ingest = self.settings.ingest
         try:
-            decoded = decode(body, max_readings=int(ingest.max_readings))
+            decoded = decode(body, max_readings=int(self.settings.ingest.max_readings))
         except IronwatchError:
             self.metrics.batches.labels(transport, "invalid").inc()
             raise
@@ -292,53 +286,19 @@ class Pipeline:
         if not principal.may_use_gateway(decoded.gateway):
             raise Forbidden(f"this key may not send for gateway {decoded.gateway}", {"field": "gateway"})
         self._check_gateway(principal.tenant, decoded.gateway, decoded.site, may_register=may_register)
-        now = utc_now_us()
-        checked = check(
-            decoded,
-            now_us=now,
-            max_future_s=float(ingest.max_future_s),
-            max_errors=int(ingest.max_errors),
-            received_at_us=now,
-            transport=transport,
-        )
-        rec = records.Record(
-            principal.tenant,
-            transport,
-            now,
-            decoded.gateway,
-            decoded.site,
-            decoded.batch,
-            checked.good,
-            checked.quarantine,
-        )
-        return _Admitted(
-            (principal.tenant, decoded.gateway, decoded.batch),
-            checked,
-            records.encode(rec),
-            started,
-            decoded.site,
-        )
+        return decoded
 
-    def _append(self, admitted: _Admitted) -> Future[None]:
+    def _append(self, payload: bytes) -> Future[None]:
         if self._log is None or self._stop.is_set():
             raise Unavailable("the server is not accepting readings right now")
-        return self._log.append(frame(admitted.payload))
+        return self._log.append(frame(payload))
 
-    def _done(self, admitted: _Admitted, transport: str) -> Outcome:
-        checked = admitted.checked
-        self.metrics.readings_accepted.labels(transport).inc(checked.accepted)
-        if checked.rejected:
-            self.metrics.readings_rejected.labels(transport).inc(checked.rejected)
-        self.metrics.batches.labels(transport, "stored").inc()
-        self.metrics.ack_seconds.labels(transport).observe(time.perf_counter() - admitted.started)
-        return Outcome(checked.accepted, checked.rejected, False, checked.errors)
-
-    def _publish(self, admitted: _Admitted) -> None:
-        """Hand a durable batch to the live bus, before it is acknowledged (so series show it)."""
+    def _publish(self, tenant: str, site: str, good: pa.Table) -> None:
+        """Hand durable readings to the live bus, before they are acknowledged (so series show them)."""
         try:
-            self.bus.publish(admitted.key[0], admitted.site, admitted.checked.good)
-        except Exception:  # the batch is durable: its acknowledgement must not fail for this
-            log.exception("live bus: cannot publish batch %s of gateway %s", admitted.key[2], admitted.key[1])
+            self.bus.publish(tenant, site, good)
+        except Exception:  # the batches are durable: their acknowledgement must not fail for this
+            log.exception("live bus: cannot publish %d readings of site %s", good.num_rows, site)
 
     def _duplicate(self, transport: str) -> Outcome:
         self.metrics.readings_duplicate.labels(transport).inc()
@@ -359,44 +319,121 @@ class Pipeline:
         Invalid input raises at once; the ledger is updated by the write's own completion, whoever
         waits for it, so a batch that became durable is always known as such.
         """
-        admitted = self._admit(principal, body, transport, may_register=may_register)
-        result: Future[Outcome] = Future()
-        state, pending = self.ledger.reserve(admitted.key)
-        if state == "duplicate":
-            self.health.contact(principal.tenant, admitted.key[1], admitted.site)
+        (answer,) = self.ingest_many([(principal, body)], transport, may_register=may_register)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def ingest_many(
+        self, items: Sequence[tuple[Principal, bytes]], transport: str, *, may_register: bool = False
+    ) -> list[Future[Outcome] | Exception]:
+        """Admit several batches together; per batch, a future of its outcome or why it was refused.
+
+        The batches of one tenant are checked in one pass and written as one log record, so a stream
+        of small MQTT messages costs one record and one fsync per group instead of per message. Each
+        batch is still deduplicated, counted and answered on its own.
+        """
+        started = time.perf_counter()
+        answers: list[Future[Outcome] | Exception] = []
+        fresh: dict[str, list[tuple[Future[Outcome], Key, Decoded]]] = {}
+        for principal, body in items:
+            try:
+                decoded = self._decode(principal, body, transport, may_register=may_register)
+            except Exception as exc:
+                answers.append(exc)
+                continue
+            result: Future[Outcome] = Future()
+            answers.append(result)
+            key = (principal.tenant, decoded.gateway, decoded.batch)
+            state, pending = self.ledger.reserve(key)
+            if state == "duplicate":
+                self.health.contact(principal.tenant, decoded.gateway, decoded.site)
+                result.set_result(self._duplicate(transport))
+            elif state == "in_flight":
+                assert pending is not None
+                pending.add_done_callback(partial(self._after_other, result, transport))
+            else:
+                fresh.setdefault(principal.tenant, []).append((result, key, decoded))
+        for tenant, group in fresh.items():
+            self._write_group(tenant, group, transport, started)
+        return answers
+
+    def _after_other(self, result: Future[Outcome], transport: str, other: Future[None]) -> None:
+        """Answer a batch that arrived while the same batch was being written: a duplicate, or its error."""
+        error = other.exception()
+        if error is not None:
+            result.set_exception(error)
+        else:
             result.set_result(self._duplicate(transport))
-            return result
-        if state == "in_flight":
-            assert pending is not None
 
-            def after_other(f: Future[None]) -> None:
-                error = f.exception()
-                if error is not None:
-                    result.set_exception(error)
-                else:
-                    result.set_result(self._duplicate(transport))
-
-            pending.add_done_callback(after_other)
-            return result
+    def _write_group(
+        self,
+        tenant: str,
+        group: list[tuple[Future[Outcome], Key, Decoded]],
+        transport: str,
+        started: float,
+    ) -> None:
+        """Check one tenant's new batches, append them as one log record, answer each once durable."""
+        keys = [key for _, key, _ in group]
         try:
-            written = self._append(admitted)
+            ingest = self.settings.ingest
+            now = utc_now_us()
+            checked = check_many(
+                [decoded for _, _, decoded in group],
+                now_us=now,
+                max_future_s=float(ingest.max_future_s),
+                max_errors=int(ingest.max_errors),
+                received_at_us=now,
+                transport=transport,
+            )
+            parts = [
+                records.Part(decoded.gateway, decoded.site, decoded.batch, one.accepted)
+                for (_, _, decoded), one in zip(group, checked.items, strict=True)
+            ]
+            rec = records.Record(tenant, transport, now, parts, checked.good, checked.quarantine)
+            written = self._append(records.encode(rec))
         except BaseException as exc:
-            self.ledger.release(admitted.key, exc)
-            raise
+            for result, key, _ in group:
+                self.ledger.release(key, exc)
+                if isinstance(exc, Exception):
+                    result.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
 
         def finish(f: Future[None]) -> None:
             error = f.exception()
             if error is not None:
-                self.ledger.release(admitted.key, error)
-                result.set_exception(error)
+                for result, key, _ in group:
+                    self.ledger.release(key, error)
+                    result.set_exception(error)
                 return
-            self.ledger.commit(admitted.key)
-            self.health.batch(*admitted.key, admitted.site, admitted.checked.good)
-            self._publish(admitted)
-            result.set_result(self._done(admitted, transport))
+            for key, part, one in zip(keys, parts, checked.items, strict=True):
+                self.ledger.commit(key)
+                self.health.batch(*key, part.site, one.good)
+            sites = {part.site for part in parts}
+            if len(sites) == 1:
+                self._publish(tenant, parts[0].site, checked.good)
+            else:
+                for part, one in zip(parts, checked.items, strict=True):
+                    self._publish(tenant, part.site, one.good)
+            self._count(checked.items, transport, started)
+            for (result, _, _), one in zip(group, checked.items, strict=True):
+                result.set_result(Outcome(one.accepted, one.rejected, False, one.errors))
 
         written.add_done_callback(finish)
-        return result
+
+    def _count(self, items: list[Checked], transport: str, started: float) -> None:
+        accepted = sum(one.accepted for one in items)
+        rejected = sum(one.rejected for one in items)
+        self.metrics.readings_accepted.labels(transport).inc(accepted)
+        if rejected:
+            self.metrics.readings_rejected.labels(transport).inc(rejected)
+        self.metrics.batches.labels(transport, "stored").inc(len(items))
+        seconds = time.perf_counter() - started
+        observe = self.metrics.ack_seconds.labels(transport).observe
+        for _ in items:
+            observe(seconds)
 
     def heartbeat(self, tenant: str, beat: dict[str, Any], *, may_register: bool = True) -> None:
         """Keep a checked heartbeat as the gateway's latest state."""
@@ -410,8 +447,6 @@ class Pipeline:
         """Keep a message that could not be decoded, with the reason; durable once the future completes."""
         now = utc_now_us()
         table = whole_message(payload, reason, received_at_us=now, transport=transport, topic=topic)
-        rec = records.Record(tenant, transport, now, None, None, None, empty_table(WAL_SCHEMA), table)
+        rec = records.Record(tenant, transport, now, [], empty_table(WAL_SCHEMA), table)
         self.metrics.messages_quarantined.labels(transport).inc()
-        if self._log is None:
-            raise Unavailable("the server is not accepting readings right now")
-        return self._log.append(frame(records.encode(rec)))
+        return self._append(records.encode(rec))
