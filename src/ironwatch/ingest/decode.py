@@ -8,6 +8,7 @@ walk the readings one by one, to name exactly which reading and field is wrong.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -152,14 +153,20 @@ def _typed(body: bytes) -> _EnvelopeMs | _EnvelopeText | None:
     return None
 
 
-def decode(body: bytes, *, max_readings: int) -> Decoded:
-    """Decode an envelope; raise :class:`InvalidInput` for anything that makes the whole batch unusable.
+@dataclasses.dataclass
+class _Parsed:
+    """A well-typed envelope whose readings are still Python lists (before they become columns)."""
 
-    Well-typed input is decoded straight into typed records and then Arrow columns (numbers through
-    numpy, which converts a list of Python ints several times faster than Arrow does); anything else
-    (a wrong type somewhere, NaN literals, a missing field, timestamps of both forms) goes the
-    generic way, which names exactly what is wrong.
-    """
+    head: dict[str, Any]
+    is_ms: bool
+    ts: list[Any]
+    sensor: list[str]
+    metric: list[str]
+    value: list[float]
+
+
+def _parse(body: bytes, max_readings: int) -> _Parsed | Decoded:
+    """Parse an envelope: well-typed input as lists, anything else decoded the generic way."""
     env = _typed(body)
     if env is None:
         return _decode_generic(body, max_readings)
@@ -185,20 +192,94 @@ def decode(body: bytes, *, max_readings: int) -> Decoded:
             raise InvalidInput(
                 "columns", f"{len(ts_list)} readings in one batch; the limit is {max_readings}"
             )
-    if isinstance(env, _EnvelopeMs):
+    return _Parsed(head, isinstance(env, _EnvelopeMs), ts_list, sensor, metric, value)
+
+
+def _chain(lists: list[list[Any]]) -> list[Any]:
+    return lists[0] if len(lists) == 1 else list(itertools.chain.from_iterable(lists))
+
+
+def _columns_of(parsed: list[_Parsed]) -> list[Decoded] | None:
+    """Columns for envelopes of one timestamp form, built once for all and sliced per envelope.
+
+    ``None`` when a timestamp does not fit int64 (the caller decodes each envelope on its own).
+    """
+    if parsed[0].is_ms:
         try:
-            ts = pa.array(np.array(ts_list, dtype=np.int64))
+            ts = pa.array(np.array(_chain([p.ts for p in parsed]), dtype=np.int64))
         except OverflowError:
-            return _decode_generic(body, max_readings)  # beyond int64: the slow path names the reading
+            return None
     else:
-        ts = pa.array(ts_list, type=pa.string())
-    return Decoded(
-        **head,
-        ts=ts,
-        sensor=pa.array(sensor, type=pa.string()),
-        metric=pa.array(metric, type=pa.string()),
-        value=pa.array(np.array(value, dtype=np.float64)),
-    )
+        ts = pa.array(_chain([p.ts for p in parsed]), type=pa.string())
+    sensor = pa.array(_chain([p.sensor for p in parsed]), type=pa.string())
+    metric = pa.array(_chain([p.metric for p in parsed]), type=pa.string())
+    value = pa.array(np.array(_chain([p.value for p in parsed]), dtype=np.float64))
+    out, offset = [], 0
+    for p in parsed:
+        n = len(p.value)
+        out.append(
+            Decoded(
+                **p.head,
+                ts=ts.slice(offset, n),
+                sensor=sensor.slice(offset, n),
+                metric=metric.slice(offset, n),
+                value=value.slice(offset, n),
+            )
+        )
+        offset += n
+    return out
+
+
+def decode(body: bytes, *, max_readings: int) -> Decoded:
+    """Decode an envelope; raise :class:`InvalidInput` for anything that makes the whole batch unusable.
+
+    Well-typed input is decoded straight into typed records and then Arrow columns (numbers through
+    numpy, which converts a list of Python ints several times faster than Arrow does); anything else
+    (a wrong type somewhere, NaN literals, a missing field, timestamps of both forms) goes the
+    generic way, which names exactly what is wrong.
+    """
+    parsed = _parse(body, max_readings)
+    if isinstance(parsed, Decoded):
+        return parsed
+    columns = _columns_of([parsed])
+    if columns is None:
+        return _decode_generic(body, max_readings)  # beyond int64: the slow path names the reading
+    return columns[0]
+
+
+def decode_many(bodies: list[bytes], *, max_readings: int) -> list[Decoded | Exception]:
+    """:func:`decode` several envelopes; per envelope, its columns or why it cannot be used.
+
+    The readings of all well-typed envelopes become Arrow columns in one conversion per column (and
+    timestamp form), so many small envelopes cost about what one large one does.
+    """
+    out: list[Decoded | Exception | None] = [None] * len(bodies)
+    by_form: dict[bool, list[tuple[int, _Parsed]]] = {}
+    for i, body in enumerate(bodies):
+        try:
+            parsed = _parse(body, max_readings)
+        except Exception as exc:  # one envelope's problem (or a bug it hits) is its own answer
+            out[i] = exc
+            continue
+        if isinstance(parsed, Decoded):
+            out[i] = parsed
+        else:
+            by_form.setdefault(parsed.is_ms, []).append((i, parsed))
+    for group in by_form.values():
+        columns = _columns_of([p for _, p in group])
+        for n, (i, _) in enumerate(group):
+            if columns is not None:
+                out[i] = columns[n]
+            else:
+                try:
+                    out[i] = decode(bodies[i], max_readings=max_readings)
+                except Exception as exc:
+                    out[i] = exc
+    answers: list[Decoded | Exception] = []
+    for answer in out:
+        assert answer is not None  # every envelope was answered above
+        answers.append(answer)
+    return answers
 
 
 def _decode_generic(body: bytes, max_readings: int) -> Decoded:

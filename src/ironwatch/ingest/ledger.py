@@ -62,7 +62,8 @@ class Ledger:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._done: dict[tuple[str, str], RangeSet] = {}
-        self._in_flight: dict[Key, Future[None]] = {}
+        #: Keys being written; the future is made only when a second writer of the key has to wait.
+        self._in_flight: dict[Key, Future[None] | None] = {}
 
     def reserve(self, key: Key) -> tuple[str, Future[None] | None]:
         """Claim ``key`` for writing.
@@ -76,10 +77,12 @@ class Ledger:
             ranges = self._done.get((tenant, gateway))
             if ranges is not None and batch in ranges:
                 return "duplicate", None
-            pending = self._in_flight.get(key)
-            if pending is not None:
+            if key in self._in_flight:
+                pending = self._in_flight[key]
+                if pending is None:
+                    pending = self._in_flight[key] = Future()
                 return "in_flight", pending
-            self._in_flight[key] = Future()
+            self._in_flight[key] = None
             return "new", None
 
     def commit(self, key: Key) -> None:

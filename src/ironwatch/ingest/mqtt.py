@@ -456,22 +456,35 @@ class Subscriber:
                     self._acks.settle(queued.delivery, ack=False)
 
     def _admit(self, group: list[_Queued]) -> None:
-        answers = self._pipeline.ingest_many(
-            [(queued.principal, queued.body) for queued in group], TRANSPORT, may_register=False
+        refusals = self._pipeline.ingest_many(
+            [(queued.principal, queued.body) for queued in group],
+            TRANSPORT,
+            partial(self._answered, group),
+            may_register=False,
         )
-        for queued, answer in zip(group, answers, strict=True):
-            if isinstance(answer, IronwatchError):
+        for queued, refused in zip(group, refusals, strict=True):
+            if isinstance(refused, IronwatchError):
                 tenant = queued.principal.tenant
-                self._reject(queued.delivery, tenant, queued.topic, queued.body, answer)
-            elif isinstance(answer, Exception):
+                self._reject(queued.delivery, tenant, queued.topic, queued.body, refused)
+            elif refused is not None:
                 log.error(
                     "MQTT: message on %s could not be handled; left unacknowledged",
                     queued.topic,
-                    exc_info=answer,
+                    exc_info=refused,
                 )
                 self._acks.settle(queued.delivery, ack=False)
-            else:
-                answer.add_done_callback(partial(self._on_durable, queued.delivery, queued.topic))
+
+    def _answered(self, group: list[_Queued], i: int, answer: object) -> None:
+        # Runs on the write-ahead log's thread (or in _admit, for a duplicate).
+        queued = group[i]
+        try:
+            if isinstance(answer, BaseException):
+                log.error(
+                    "MQTT: message on %s is not durable (%s); left unacknowledged", queued.topic, answer
+                )
+            self._acks.settle(queued.delivery, ack=not isinstance(answer, BaseException))
+        except Exception:
+            log.exception("MQTT: error while acknowledging a message on %s", queued.topic)
 
     def _is_tenant(self, tenant: str) -> bool:
         if tenant in self._known_tenants:

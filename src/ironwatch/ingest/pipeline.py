@@ -15,7 +15,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
@@ -27,7 +27,7 @@ from ironwatch import lake, live
 from ironwatch.config import Settings
 from ironwatch.errors import Conflict, Forbidden, IronwatchError, Unavailable
 from ironwatch.ingest import record as records
-from ironwatch.ingest.decode import Decoded, decode
+from ironwatch.ingest.decode import Decoded, decode_many
 from ironwatch.ingest.flusher import Flusher, InProcessWriter, SegmentWriter, load_checkpoint
 from ironwatch.ingest.health import Tracker
 from ironwatch.ingest.lakewriter import ProcessWriter
@@ -272,21 +272,13 @@ class Pipeline:
         self.metrics.lake_bytes_flushed.inc(size_bytes)
 
     # the pipeline ------------------------------------------------------------------------------
-    def _decode(self, principal: Principal, body: bytes, transport: str, *, may_register: bool) -> Decoded:
-        """Decode one envelope and check that ``principal`` may send it."""
-        if principal.role not in INGEST_ROLES:
-            raise Forbidden(f"the {principal.role.value} role may not send readings")
-        try:
-            decoded = decode(body, max_readings=int(self.settings.ingest.max_readings))
-        except IronwatchError:
-            self.metrics.batches.labels(transport, "invalid").inc()
-            raise
+    def _authorise(self, principal: Principal, decoded: Decoded, *, may_register: bool) -> None:
+        """Check that ``principal`` may send this batch (its site, its gateway)."""
         if not principal.may_write_site(decoded.site):
             raise Forbidden(f"this key may not write site {decoded.site}", {"field": "site"})
         if not principal.may_use_gateway(decoded.gateway):
             raise Forbidden(f"this key may not send for gateway {decoded.gateway}", {"field": "gateway"})
         self._check_gateway(principal.tenant, decoded.gateway, decoded.site, may_register=may_register)
-        return decoded
 
     def _append(self, payload: bytes) -> Future[None]:
         if self._log is None or self._stop.is_set():
@@ -319,58 +311,90 @@ class Pipeline:
         Invalid input raises at once; the ledger is updated by the write's own completion, whoever
         waits for it, so a batch that became durable is always known as such.
         """
-        (answer,) = self.ingest_many([(principal, body)], transport, may_register=may_register)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
+        result: Future[Outcome] = Future()
+
+        def answered(_: int, answer: Outcome | BaseException) -> None:
+            if isinstance(answer, BaseException):
+                result.set_exception(answer)
+            else:
+                result.set_result(answer)
+
+        (refused,) = self.ingest_many([(principal, body)], transport, answered, may_register=may_register)
+        if refused is not None:
+            raise refused
+        return result
 
     def ingest_many(
-        self, items: Sequence[tuple[Principal, bytes]], transport: str, *, may_register: bool = False
-    ) -> list[Future[Outcome] | Exception]:
-        """Admit several batches together; per batch, a future of its outcome or why it was refused.
+        self,
+        items: Sequence[tuple[Principal, bytes]],
+        transport: str,
+        on_done: Callable[[int, Outcome | BaseException], None],
+        *,
+        may_register: bool = False,
+    ) -> list[Exception | None]:
+        """Admit several batches together; per batch, why it was refused, or ``None`` if admitted.
 
-        The batches of one tenant are checked in one pass and written as one log record, so a stream
-        of small MQTT messages costs one record and one fsync per group instead of per message. Each
-        batch is still deduplicated, counted and answered on its own.
+        Every admitted batch ``i`` is answered once with ``on_done(i, outcome)`` when it is durable
+        (or found a duplicate, perhaps before this returns), or ``on_done(i, error)`` if it could not
+        be made durable. The batches of one tenant are checked in one pass and written as one log
+        record, so a stream of small MQTT messages costs one record and one fsync per group instead
+        of per message; each batch is still deduplicated, counted and answered on its own.
         """
         started = time.perf_counter()
-        answers: list[Future[Outcome] | Exception] = []
-        fresh: dict[str, list[tuple[Future[Outcome], Key, Decoded]]] = {}
-        for principal, body in items:
-            try:
-                decoded = self._decode(principal, body, transport, may_register=may_register)
-            except Exception as exc:
-                answers.append(exc)
+        refused: list[Exception | None] = [None] * len(items)
+        allowed: list[int] = []
+        for i, (principal, _) in enumerate(items):
+            if principal.role in INGEST_ROLES:
+                allowed.append(i)
+            else:
+                refused[i] = Forbidden(f"the {principal.role.value} role may not send readings")
+        decoded_all = decode_many(
+            [items[i][1] for i in allowed], max_readings=int(self.settings.ingest.max_readings)
+        )
+        fresh: dict[str, list[tuple[int, Key, Decoded]]] = {}
+        for i, decoded in zip(allowed, decoded_all, strict=True):
+            principal = items[i][0]
+            if isinstance(decoded, Exception):
+                if isinstance(decoded, IronwatchError):
+                    self.metrics.batches.labels(transport, "invalid").inc()
+                refused[i] = decoded
                 continue
-            result: Future[Outcome] = Future()
-            answers.append(result)
+            try:
+                self._authorise(principal, decoded, may_register=may_register)
+            except Exception as exc:
+                refused[i] = exc
+                continue
             key = (principal.tenant, decoded.gateway, decoded.batch)
             state, pending = self.ledger.reserve(key)
             if state == "duplicate":
                 self.health.contact(principal.tenant, decoded.gateway, decoded.site)
-                result.set_result(self._duplicate(transport))
+                on_done(i, self._duplicate(transport))
             elif state == "in_flight":
                 assert pending is not None
-                pending.add_done_callback(partial(self._after_other, result, transport))
+                pending.add_done_callback(partial(self._after_other, on_done, i, transport))
             else:
-                fresh.setdefault(principal.tenant, []).append((result, key, decoded))
+                fresh.setdefault(principal.tenant, []).append((i, key, decoded))
         for tenant, group in fresh.items():
-            self._write_group(tenant, group, transport, started)
-        return answers
+            self._write_group(tenant, group, transport, on_done, started)
+        return refused
 
-    def _after_other(self, result: Future[Outcome], transport: str, other: Future[None]) -> None:
+    def _after_other(
+        self,
+        on_done: Callable[[int, Outcome | BaseException], None],
+        i: int,
+        transport: str,
+        other: Future[None],
+    ) -> None:
         """Answer a batch that arrived while the same batch was being written: a duplicate, or its error."""
         error = other.exception()
-        if error is not None:
-            result.set_exception(error)
-        else:
-            result.set_result(self._duplicate(transport))
+        on_done(i, error if error is not None else self._duplicate(transport))
 
     def _write_group(
         self,
         tenant: str,
-        group: list[tuple[Future[Outcome], Key, Decoded]],
+        group: list[tuple[int, Key, Decoded]],
         transport: str,
+        on_done: Callable[[int, Outcome | BaseException], None],
         started: float,
     ) -> None:
         """Check one tenant's new batches, append them as one log record, answer each once durable."""
@@ -393,10 +417,10 @@ class Pipeline:
             rec = records.Record(tenant, transport, now, parts, checked.good, checked.quarantine)
             written = self._append(records.encode(rec))
         except BaseException as exc:
-            for result, key, _ in group:
+            for i, key, _ in group:
                 self.ledger.release(key, exc)
                 if isinstance(exc, Exception):
-                    result.set_exception(exc)
+                    on_done(i, exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -404,9 +428,9 @@ class Pipeline:
         def finish(f: Future[None]) -> None:
             error = f.exception()
             if error is not None:
-                for result, key, _ in group:
+                for i, key, _ in group:
                     self.ledger.release(key, error)
-                    result.set_exception(error)
+                    on_done(i, error)
                 return
             for key, part, one in zip(keys, parts, checked.items, strict=True):
                 self.ledger.commit(key)
@@ -418,8 +442,8 @@ class Pipeline:
                 for part, one in zip(parts, checked.items, strict=True):
                     self._publish(tenant, part.site, one.good)
             self._count(checked.items, transport, started)
-            for (result, _, _), one in zip(group, checked.items, strict=True):
-                result.set_result(Outcome(one.accepted, one.rejected, False, one.errors))
+            for (i, _, _), one in zip(group, checked.items, strict=True):
+                on_done(i, Outcome(one.accepted, one.rejected, False, one.errors))
 
         written.add_done_callback(finish)
 
