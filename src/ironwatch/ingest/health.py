@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 #: How often the tracker's thread folds queued batches into its arrays.
 FOLD_INTERVAL_S = 0.1
 
-_Item = tuple[str, str, str, int | None, pa.Table | None, int]
+#: A queued contact: tenant, site, runs of ``(gateway, batch or None, rows)`` in the order of the
+#: readings (one run per batch; a contact without a batch has none), the readings, when.
+_Run = tuple[str, int | None, int]
+_Item = tuple[str, str, list[_Run], pa.Table | None, int]
 
 
 def _now_us() -> int:
@@ -114,11 +117,17 @@ class Tracker:
     # the ingest path -----------------------------------------------------------------------------
     def batch(self, tenant: str, gateway: str, batch: int, site: str, readings: pa.Table) -> None:
         """Note a durable batch; called for every acknowledged batch, so it only queues it."""
-        self._queue.append((tenant, gateway, site, batch, readings, self.clock()))
+        self._queue.append((tenant, site, [(gateway, batch, readings.num_rows)], readings, self.clock()))
+
+    def batches(self, tenant: str, site: str, runs: Sequence[_Run], readings: pa.Table) -> None:
+        """Note durable batches of one site written together: ``readings`` holds theirs in order."""
+        self._queue.append((tenant, site, list(runs), readings, self.clock()))
 
     def contact(self, tenant: str, gateway: str, site: str, at_us: int | None = None) -> None:
         """Note that a gateway was heard from (a batch sent again, already stored)."""
-        self._queue.append((tenant, gateway, site, None, None, self.clock() if at_us is None else at_us))
+        self._queue.append(
+            (tenant, site, [(gateway, None, 0)], None, self.clock() if at_us is None else at_us)
+        )
 
     def heartbeat(self, tenant: str, beat: dict[str, Any], at_us: int | None = None) -> None:
         """Keep a checked heartbeat as the gateway's latest state."""
@@ -134,7 +143,7 @@ class Tracker:
     ) -> None:
         """Fold a batch recovered from the write-ahead log, unless it was counted before the crash."""
         with self._lock:
-            self._fold([(tenant, gateway, site, batch, readings, received_at_us)])
+            self._fold([(tenant, site, [(gateway, batch, readings.num_rows)], readings, received_at_us)])
 
     def catch_up(self) -> None:
         """Fold every queued batch now."""
@@ -152,17 +161,20 @@ class Tracker:
         return state
 
     def _fold(self, items: list[_Item]) -> None:
-        by_site: dict[tuple[str, str], list[tuple[pa.Table, str, int]]] = {}
-        for tenant, gateway, site, batch, readings, received_us in items:
-            state = self._gateway(tenant, gateway, site)
-            state.seen(received_us)
-            if batch is None or batch in state.observed:
-                continue  # a batch sent again, or replayed after it was counted and saved
-            state.observed.add(batch)
-            if state.last_batch_at_us is None or received_us > state.last_batch_at_us:
-                state.last_batch_at_us = received_us
-            if readings is not None and readings.num_rows:
-                by_site.setdefault((tenant, site), []).append((readings, gateway, received_us))
+        by_site: dict[tuple[str, str], list[tuple[pa.Table, list[tuple[str, int]], int]]] = {}
+        for tenant, site, runs, readings, received_us in items:
+            is_new = [self._observe(tenant, site, gateway, batch, received_us) for gateway, batch, _ in runs]
+            if readings is None or not readings.num_rows or not any(is_new):
+                continue
+            target = by_site.setdefault((tenant, site), [])
+            if all(is_new):
+                target.append((readings, [(gateway, rows) for gateway, _, rows in runs], received_us))
+                continue
+            offset = 0  # some batches were counted before: only the others' readings
+            for (gateway, _, rows), new in zip(runs, is_new, strict=True):
+                if new:
+                    target.append((readings.slice(offset, rows), [(gateway, rows)], received_us))
+                offset += rows
         for key, batches in by_site.items():
             stats = self._sites.get(key)
             if stats is None:
@@ -171,6 +183,17 @@ class Tracker:
                 stats.fold(batches)
             except (pa.ArrowException, ValueError) as exc:
                 log.error("health: cannot count %d batches of site %s: %s", len(batches), key[1], exc)
+
+    def _observe(self, tenant: str, site: str, gateway: str, batch: int | None, received_us: int) -> bool:
+        """Note a gateway's contact; whether ``batch`` is one not counted before."""
+        state = self._gateway(tenant, gateway, site)
+        state.seen(received_us)
+        if batch is None or batch in state.observed:
+            return False  # a batch sent again, or replayed after it was counted and saved
+        state.observed.add(batch)
+        if state.last_batch_at_us is None or received_us > state.last_batch_at_us:
+            state.last_batch_at_us = received_us
+        return True
 
     # reading -------------------------------------------------------------------------------------
     def gateways(self, tenant: str) -> dict[str, GatewayState]:

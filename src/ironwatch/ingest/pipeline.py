@@ -432,14 +432,16 @@ class Pipeline:
                     self.ledger.release(key, error)
                     on_done(i, error)
                 return
-            for key, part, one in zip(keys, parts, checked.items, strict=True):
+            for key in keys:
                 self.ledger.commit(key)
-                self.health.batch(*key, part.site, one.good)
             sites = {part.site for part in parts}
             if len(sites) == 1:
+                runs = [(part.gateway, part.batch, part.rows) for part in parts]
+                self.health.batches(tenant, parts[0].site, runs, checked.good)
                 self._publish(tenant, parts[0].site, checked.good)
             else:
-                for part, one in zip(parts, checked.items, strict=True):
+                for key, part, one in zip(keys, parts, checked.items, strict=True):
+                    self.health.batch(*key, part.site, one.good)
                     self._publish(tenant, part.site, one.good)
             self._count(checked.items, transport, started)
             for (i, _, _), one in zip(group, checked.items, strict=True):

@@ -84,14 +84,14 @@ class SiteStats:
             found = [self.row(s) for s in names]
         return np.array(found, np.int64)
 
-    def fold(self, batches: list[tuple[pa.Table, str, int]]) -> None:
-        """Add batches of readings as ``(readings, gateway, received_us)``, in the order received.
+    def fold(self, batches: list[tuple[pa.Table, list[tuple[str, int]], int]]) -> None:
+        """Add readings as ``(readings, [(gateway, rows), ...], received_us)``, in the order received.
 
-        ``readings`` has ``ts`` (epoch µs) and ``sensor`` columns. Folding many batches at once
-        costs one set of vectorised operations over all their readings.
+        ``readings`` has ``ts`` (epoch µs) and ``sensor`` columns; the runs say which gateway sent
+        how many of them, in order (batches written together share one table). Folding many batches
+        at once costs one set of vectorised operations over all their readings.
         """
         tables = [t for t, _, _ in batches]
-        sizes = np.array([t.num_rows for t in tables], np.int64)
         sensor = pa.chunked_array([c for t in tables for c in t.column("sensor").chunks], pa.string())
         # Arrow encodes the chunks as they are (no copy into one array) with one dictionary for all;
         # should a version ever give each chunk its own, the first would lack later chunks' names.
@@ -114,12 +114,13 @@ class SiteStats:
         now_us = max(r for _, _, r in batches)
         self.last_received[rows] = now_us
         self.readings[rows] += np.bincount(idx, minlength=k)
-        codes = np.array([self.gateway_code(g) for _, g, _ in batches], np.int32)
+        runs = [run for _, table_runs, _ in batches for run in table_runs]
+        codes = np.array([self.gateway_code(g) for g, _ in runs], np.int32)
         if (codes == codes[0]).all():
             self.gateway[rows] = codes[0]
         else:  # batches come in the order received: the last assignment is a sensor's latest gateway
             latest = np.empty(k, np.int32)
-            latest[idx] = np.repeat(codes, sizes)
+            latest[idx] = np.repeat(codes, [n for _, n in runs])
             self.gateway[rows] = latest
         self.dirty[rows] = True
         self._count(rows, idx, ts, now_us, int(ts.min()), int(ts.max()))
