@@ -428,6 +428,8 @@ def _ts_us(item: Any) -> int:
             raise _Bad("ts", TS_NO_OFFSET)
         return (moment - _EPOCH) // _MICROSECOND
     if isinstance(item, float) and math.isfinite(item) and item.is_integer():
+        if abs(item) > 10**15:  # 1e20, or an integer too large for JSON parsers to keep exact
+            raise _Bad("ts", TS_OUT_OF_RANGE)
         return int(item) * 1000
     raise _Bad("ts", f"expected RFC 3339 text or epoch milliseconds, got {_kind(item)}")
 
