@@ -15,12 +15,13 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
-import psutil
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from test_durability import gone, lake_writer_of
 from test_groups import PER_BATCH_SQL, envelope, lake_rows, log_records
+from test_mqtt import metric
 
 from conftest import Broker, Lab, Server, Tenant, wait_until
 from ironwatch import lake
@@ -30,8 +31,6 @@ Key = tuple[str, int]
 
 
 # 4. and 5. MQTT end to end ---------------------------------------------------------------------
-# A few helpers as tests/ingest/test_mqtt.py and test_durability.py have them (importing those
-# modules would make mypy check them too).
 def topic(tenant: str, site: str, gateway: str) -> str:
     return f"ironwatch/{tenant}/{site}/{gateway}/readings"
 
@@ -39,15 +38,6 @@ def topic(tenant: str, site: str, gateway: str) -> str:
 def is_ready(server: Server) -> bool:
     with server.client() as client:
         return bool(client.get("/readyz").status_code == 200)
-
-
-def metric(server: Server, line_prefix: str) -> float:
-    with server.client() as client:
-        text = client.get("/metrics").text
-    for line in text.splitlines():
-        if line.startswith(line_prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def batches_metric(server: Server, outcome: str) -> float:
@@ -59,25 +49,6 @@ def query(server: Server, key: str, sql: str) -> list[list[Any]]:
         answer = analyst.post("/api/v1/query", json={"sql": sql})
     assert answer.status_code == 200, answer.text
     return list(answer.json()["rows"])
-
-
-def lake_writer_of(server_pid: int) -> psutil.Process:
-    def find() -> psutil.Process | None:
-        for child in psutil.Process(server_pid).children():
-            if "ironwatch.ingest.lakewriter" in " ".join(child.cmdline()):
-                return child
-        return None
-
-    found = wait_until(find, 30, what="the server's lake writer process")
-    assert isinstance(found, psutil.Process)
-    return found
-
-
-def gone(proc: psutil.Process) -> bool:
-    try:
-        return bool(proc.status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
 
 
 class Gateway:
