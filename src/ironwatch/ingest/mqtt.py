@@ -290,10 +290,8 @@ class Subscriber:
 
     def _stop_admitter(self) -> None:
         with self._inbox_cond:
-            self._inbox.clear()  # unacknowledged: the broker sends them again
-            self._inbox_bytes = 0
             self._admitter_stop = True
-            self._inbox_cond.notify_all()
+            self._clear_inbox()
         if self._admitter is not None:
             self._admitter.join()
             self._admitter = None
@@ -319,9 +317,7 @@ class Subscriber:
                 return
             self._acks.reset()
             with self._inbox_cond:
-                self._inbox.clear()  # the previous connection's: the broker sends them again
-                self._inbox_bytes = 0
-                self._inbox_cond.notify_all()
+                self._clear_inbox()  # the previous connection's
             self._is_connected = True
             log.info("MQTT: connected to %s (session present: %s)", self._address, flags.session_present)
             mqtt = _paho()
@@ -431,6 +427,12 @@ class Subscriber:
             self._inbox_bytes += len(body)
             self._inbox_cond.notify_all()
 
+    def _clear_inbox(self) -> None:
+        """Drop what waits to be admitted (unacknowledged: the broker sends it again); hold the lock."""
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        self._inbox_cond.notify_all()
+
     def _admit_loop(self) -> None:
         """The admitting thread: take what is queued, admit it as one group, again."""
         while True:
@@ -478,11 +480,12 @@ class Subscriber:
         # Runs on the write-ahead log's thread (or in _admit, for a duplicate).
         queued = group[i]
         try:
-            if isinstance(answer, BaseException):
+            failed = isinstance(answer, BaseException)
+            if failed:
                 log.error(
                     "MQTT: message on %s is not durable (%s); left unacknowledged", queued.topic, answer
                 )
-            self._acks.settle(queued.delivery, ack=not isinstance(answer, BaseException))
+            self._acks.settle(queued.delivery, ack=not failed)
         except Exception:
             log.exception("MQTT: error while acknowledging a message on %s", queued.topic)
 
