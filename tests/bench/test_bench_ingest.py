@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conftest import require_tool
 from ironwatch.bench import run_ingest_bench
 
 KEYS = {
@@ -46,3 +47,20 @@ def test_bench_ingest_columns_with_an_uneven_split() -> None:
     )
     assert result["stored"] == 12_345
     assert result["form"] == "columns"
+
+
+def test_bench_ingest_over_mqtt_keeps_a_window_of_messages_in_flight() -> None:
+    require_tool("mosquitto", "/usr/sbin/mosquitto")
+    result = run_ingest_bench(
+        transport="mqtt",
+        readings=30_000,
+        batch=100,
+        clients=2,
+        form="columns",
+        flush_interval_s=0.5,
+        progress=None,
+    )
+    assert result["stored"] == 30_000
+    assert result["ack_is"] == "broker PUBACK (MQTT)"
+    # One PUBACK latency per message, measured from publish to PUBACK with up to 16 in flight.
+    assert 0 < result["p50_ack_ms"] <= result["p99_ack_ms"] <= result["max_ack_ms"]
