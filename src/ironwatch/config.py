@@ -123,6 +123,13 @@ FIELDS: tuple[Field, ...] = (
     Field("ingest", "max_readings", int, 200_000, "Most readings accepted in one batch."),
     Field("ingest", "max_errors", int, 100, "Most per-reading errors listed in one ingest answer."),
     Field(
+        "ingest",
+        "workers",
+        int,
+        0,
+        "Processes that decode and check busy MQTT streams beside the server, on spare cores (0: none).",
+    ),
+    Field(
         "auth",
         "key_cache_s",
         float,

@@ -312,7 +312,7 @@ PER_BATCH_SQL = (
 )
 
 
-def start_pipeline(lab: Lab) -> Pipeline:
+def start_pipeline(lab: Lab, workers: int = 0) -> Pipeline:
     """A pipeline over the lab's data directory; the log is flushed only when asked to."""
     flags = {
         "server.data_dir": str(lab.data_dir),
@@ -320,18 +320,20 @@ def start_pipeline(lab: Lab) -> Pipeline:
         "lake.flush_process": False,
         "lake.flush_interval_s": 3600.0,
         "lake.compaction": False,
+        "ingest.workers": workers,
     }
     pipeline = Pipeline(config.load(flags, env={}), lab.store, Metrics())
     pipeline.start()
     return pipeline
 
 
-@pytest.fixture
-def pipeline(lab: Lab) -> Iterator[Pipeline]:
+@pytest.fixture(params=[0, 1], ids=["in-process", "one-worker"])
+def pipeline(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """A pipeline for tenant acme (gateways gw-1 in hall-a, gw-2 in hall-b), without and with a worker."""
     lab.tenant("acme", "gateway")
     lab.store.add_gateway("acme", "gw-1", "hall-a")
     lab.store.add_gateway("acme", "gw-2", "hall-b")
-    started = start_pipeline(lab)
+    started = start_pipeline(lab, request.param)
     try:
         yield started
     finally:

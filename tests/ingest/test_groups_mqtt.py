@@ -110,8 +110,15 @@ def mqtt_lab(lab: Lab) -> Tenant:
     return acme
 
 
+def worker_groups(server: Server, path: str) -> float:
+    return metric(server, f'ironwatch_ingest_worker_groups_total{{path="{path}"}}')
+
+
 @pytest.mark.heavy
-def test_a_fast_stream_of_messages_is_admitted_in_groups_and_stored_once(lab: Lab, broker: Broker) -> None:
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "one-worker"])
+def test_a_fast_stream_of_messages_is_admitted_in_groups_and_stored_once(
+    lab: Lab, broker: Broker, workers: int
+) -> None:
     """2,000 messages of 100 readings by default; IRONWATCH_HEAVY=1 sends 10,000."""
     mqtt_lab(lab)
     # Nothing leaves the log until the server stops, so the log shows how the messages were grouped.
@@ -121,6 +128,7 @@ def test_a_fast_stream_of_messages_is_admitted_in_groups_and_stored_once(lab: La
         IRONWATCH_LAKE__FLUSH_INTERVAL_S="3600",
         IRONWATCH_LAKE__SEGMENT_MAX_BYTES=str(1 << 30),
         IRONWATCH_LAKE__COMPACTION="false",
+        IRONWATCH_INGEST__WORKERS=str(workers),
     )
     wait_until(lambda: is_ready(server), 20, what="the server to subscribe to the broker")
     n = 10_000 if HEAVY else 2_000
@@ -144,6 +152,11 @@ def test_a_fast_stream_of_messages_is_admitted_in_groups_and_stored_once(lab: La
         )
 
     wait_until(admitted, 60, interval_s=0.2, what=f"{n} batches, {repeats} duplicates, {len(broken)} broken")
+    if workers:  # groups went through the worker: as prepared, and again here when a repeat was in them
+        assert worker_groups(server, "prepared") > 0 and worker_groups(server, "decoded_again") > 0
+        assert worker_groups(server, "unavailable") == 0
+    else:
+        assert worker_groups(server, "prepared") == 0
 
     logged = log_records(lab.data_dir / "wal")
     parts = Counter((p.gateway, p.batch) for r in logged for p in r.parts)
@@ -202,13 +215,19 @@ def held_by_broker(broker: Broker, gateway: Gateway) -> Counter[Key]:
 
 
 @pytest.mark.heavy
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "one-worker"])
 def test_kill_9_while_groups_are_admitted_keeps_every_acknowledged_batch_once(
-    lab: Lab, broker: Broker
+    lab: Lab, broker: Broker, workers: int
 ) -> None:
     """6,000 messages of 10 readings by default; IRONWATCH_HEAVY=1 sends 20,000."""
     acme = mqtt_lab(lab)
     lab.store.add_gateway("acme", "gw-barrier", "hall-a")
-    server = lab.server("--mqtt-url", broker.url, IRONWATCH_MQTT__CLIENT_ID=SERVER_CLIENT_ID)
+    server = lab.server(
+        "--mqtt-url",
+        broker.url,
+        IRONWATCH_MQTT__CLIENT_ID=SERVER_CLIENT_ID,
+        IRONWATCH_INGEST__WORKERS=str(workers),
+    )
     wait_until(lambda: is_ready(server), 20, what="the server to subscribe to the broker")
     assert server.proc is not None
     writer = lake_writer_of(server.proc.pid)

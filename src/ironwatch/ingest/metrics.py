@@ -40,6 +40,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.worker_groups = Counter(
+            "ironwatch_ingest_worker_groups",
+            "Groups of batches offered to ingest workers, by what became of them: written as the worker "
+            "prepared them, decoded again in the server (a duplicate or refused batch among them), or "
+            "decoded in the server because no worker could take them",
+            ["path"],
+            registry=r,
+        )
         self.lake_bytes_flushed = Counter(
             "ironwatch_lake_log_bytes_flushed", "Bytes of log segments turned into Parquet", registry=r
         )

@@ -213,7 +213,7 @@ class Subscriber:
         self._inbox: deque[_Queued] = deque()
         self._inbox_bytes = 0
         self._inbox_cond = threading.Condition()
-        self._admitter: threading.Thread | None = None
+        self._admitters: list[threading.Thread] = []
         self._admitter_stop = False
 
     # life cycle --------------------------------------------------------------------------------
@@ -258,8 +258,12 @@ class Subscriber:
         except ValueError as exc:
             raise ConfigError("mqtt.url", str(exc)) from exc
         self._admitter_stop = False
-        self._admitter = threading.Thread(target=self._admit_loop, name="mqtt-admit", daemon=True)
-        self._admitter.start()
+        # With ingest workers, one admitting thread's group is decoded in a worker while another
+        # thread writes its own group: one more thread than workers keeps both busy.
+        for n in range(1 + self._pipeline.workers):
+            thread = threading.Thread(target=self._admit_loop, name=f"mqtt-admit-{n}", daemon=True)
+            thread.start()
+            self._admitters.append(thread)
         rc = client.loop_start()
         if rc != mqtt.MQTT_ERR_SUCCESS:
             self._stop_admitter()
@@ -292,9 +296,9 @@ class Subscriber:
         with self._inbox_cond:
             self._admitter_stop = True
             self._clear_inbox()
-        if self._admitter is not None:
-            self._admitter.join()
-            self._admitter = None
+        for thread in self._admitters:
+            thread.join()
+        self._admitters = []
 
     @property
     def is_connected(self) -> bool:

@@ -1,0 +1,278 @@
+"""Ingest workers: processes that decode and check batch envelopes outside the server's interpreter.
+
+Decoding JSON into Arrow columns and checking every reading is most of the CPU an ingested reading
+costs, and it holds Python's global lock. In the server's own process it competes with the event
+loop, the MQTT client and the write-ahead log for that one lock. A worker does it in its own
+process, so ingest uses a second core.
+
+A worker is stateless: given one tenant's envelopes (already unzipped) and the server's clock, it
+decodes and checks them and answers with a *head* per envelope (gateway, site, batch, counts and
+errors) and one write-ahead log record payload that holds them all (:func:`prepare`). Everything
+that needs the server's state stays in the server: authorising the gateway, the batch ledger,
+writing the log, acknowledging. When that finds any envelope it cannot take as the worker prepared
+it (refused by the worker, a duplicate, another gateway's site), the server decodes the group itself
+the usual way, so the answers are exactly those of a server without workers.
+
+If a worker dies or answers nonsense, the server works in process for that group and starts a new
+worker; nothing acknowledged depends on a worker, because nothing is acknowledged before the
+server's own log write.
+
+Protocol over the worker's stdin and stdout, each message framed as ``u32 length | message``: a
+request is ``u32 header length | header JSON | the bodies one after another``, the answer ``u32
+header length | header JSON | payload``. A worker exits at the end of its input, so it goes with a
+server killed with ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from typing import IO, Any
+
+import orjson
+
+from ironwatch.ingest import record as records
+from ironwatch.ingest.decode import decode_many
+from ironwatch.ingest.validate import check_many
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct("<I")
+_CHILD = "from ironwatch.ingest.workers import main; main()"
+#: How long a group waits for an idle worker before the server decodes it itself.
+IDLE_WAIT_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The ingest settings a worker applies (picklable)."""
+
+    max_readings: int
+    max_future_s: float
+    max_errors: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """What a worker found in one envelope."""
+
+    gateway: str
+    site: str
+    batch: int
+    accepted: int
+    rejected: int
+    errors: list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A group of envelopes made ready for the log.
+
+    ``heads[i]`` is ``None`` for an envelope the worker refused (the server decodes it itself to
+    learn why); ``payload`` is one log record with a part per envelope that has a head, in order.
+    """
+
+    heads: list[Head | None]
+    payload: bytes
+
+
+def prepare(tenant: str, transport: str, bodies: list[bytes], *, now_us: int, limits: Limits) -> Prepared:
+    """Decode and check one tenant's envelopes; the pure step a worker runs."""
+    decoded = decode_many(bodies, max_readings=limits.max_readings)
+    usable = [(n, d) for n, d in enumerate(decoded) if not isinstance(d, Exception)]
+    checked = check_many(
+        [d for _, d in usable],
+        now_us=now_us,
+        max_future_s=limits.max_future_s,
+        max_errors=limits.max_errors,
+        received_at_us=now_us,
+        transport=transport,
+    )
+    heads: list[Head | None] = [None] * len(bodies)
+    parts = []
+    for (n, d), one in zip(usable, checked.items, strict=True):
+        heads[n] = Head(d.gateway, d.site, d.batch, one.accepted, one.rejected, one.errors)
+        parts.append(records.Part(d.gateway, d.site, d.batch, one.accepted))
+    rec = records.Record(tenant, transport, now_us, parts, checked.good, checked.quarantine)
+    return Prepared(heads, records.encode(rec))
+
+
+# the wire -------------------------------------------------------------------------------------
+def _pack(header: dict[str, Any], *chunks: bytes) -> bytes:
+    head = orjson.dumps(header)
+    return b"".join((_LEN.pack(len(head)), head, *chunks))
+
+
+def _unpack(message: bytes) -> tuple[dict[str, Any], memoryview]:
+    (n,) = _LEN.unpack_from(message, 0)
+    header = orjson.loads(message[_LEN.size : _LEN.size + n])
+    return header, memoryview(message)[_LEN.size + n :]
+
+
+def _send(stream: IO[bytes], message: bytes) -> None:
+    stream.write(_LEN.pack(len(message)))
+    stream.write(message)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> bytes | None:
+    """The next message, or ``None`` at the end of the stream."""
+    head = stream.read(_LEN.size)
+    if len(head) < _LEN.size:
+        return None
+    (n,) = _LEN.unpack(head)
+    data = stream.read(n)
+    return data if len(data) == n else None
+
+
+def _serve(requests: IO[bytes], answers: IO[bytes], limits: Limits) -> None:
+    """A worker's life: answer requests until the server closes its end."""
+    while (message := _receive(requests)) is not None:
+        header, rest = _unpack(message)
+        bodies, pos = [], 0
+        for size in header["sizes"]:
+            bodies.append(bytes(rest[pos : pos + size]))
+            pos += size
+        try:
+            tenant, transport, now_us = header["tenant"], header["transport"], header["now_us"]
+            done = prepare(tenant, transport, bodies, now_us=now_us, limits=limits)
+        except Exception as exc:  # a bug: the server decodes this group itself
+            log.exception("ingest worker: cannot prepare %d envelopes", len(bodies))
+            _send(answers, _pack({"error": repr(exc)}))
+            continue
+        heads = [None if h is None else dataclasses.astuple(h) for h in done.heads]
+        _send(answers, _pack({"heads": heads}, done.payload))
+
+
+def main() -> None:
+    """A worker process's entry point; its one argument is its :class:`Limits` as JSON."""
+    from ironwatch import logs
+
+    # Ctrl-C reaches the whole process group; the server stops its workers (it closes their input).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    logs.setup(os.environ.get("IRONWATCH_WORKER_LOG_LEVEL", "warning"))
+    limits = Limits(**orjson.loads(sys.argv[1]))
+    with contextlib.suppress(BrokenPipeError):  # the server went away while we answered
+        _serve(sys.stdin.buffer, sys.stdout.buffer, limits)
+
+
+class _Worker:
+    """One worker process and its pipes."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, orjson.dumps(dataclasses.asdict(limits)).decode()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+            env={
+                # The C library's allocator returns a group's buffers; Arrow's default pool keeps them.
+                "ARROW_DEFAULT_MEMORY_POOL": "system",
+                **os.environ,
+                "IRONWATCH_WORKER_LOG_LEVEL": logging.getLevelName(logging.getLogger().level).lower(),
+            },
+        )
+
+    @property
+    def name(self) -> str:
+        return f"pid {self.proc.pid}"
+
+    def ask(self, request: bytes) -> tuple[dict[str, Any], memoryview]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        _send(self.proc.stdin, request)
+        answer = _receive(self.proc.stdout)
+        if answer is None:
+            raise EOFError("the worker closed its output")
+        return _unpack(answer)
+
+    def close(self) -> None:
+        """Let the process finish and exit (it stops at the end of its input); kill it if it does not."""
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdout.close()
+
+
+class WorkerPool:
+    """``count`` worker processes; :meth:`prepare` uses an idle one, or answers ``None`` if it cannot."""
+
+    def __init__(self, count: int, limits: Limits) -> None:
+        self.count = count
+        self._limits = limits
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._all: list[_Worker] = []
+        self._closed = False
+
+    def start(self) -> None:
+        for _ in range(self.count):
+            self._add()
+
+    def _add(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            worker = _Worker(self._limits)
+            self._all.append(worker)
+        self._idle.put(worker)
+
+    def _drop(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+        worker.close()
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for tests and diagnostics)."""
+        with self._lock:
+            return [w.proc.pid for w in self._all]
+
+    def prepare(self, tenant: str, transport: str, bodies: list[bytes], now_us: int) -> Prepared | None:
+        """:func:`prepare` in a worker; ``None`` when no worker could (the caller works in process)."""
+        try:
+            worker = self._idle.get(timeout=IDLE_WAIT_S)
+        except queue.Empty:  # closed, or every worker is being replaced
+            return None
+        request = _pack(
+            {"tenant": tenant, "transport": transport, "now_us": now_us, "sizes": [len(b) for b in bodies]},
+            *bodies,
+        )
+        try:
+            header, payload = worker.ask(request)
+        except (EOFError, OSError, ValueError) as exc:
+            log.error("ingest worker %s is gone (%s); starting a new one", worker.name, exc)
+            self._drop(worker)
+            self._add()
+            return None
+        self._idle.put(worker)
+        if "error" in header:
+            log.error("ingest worker could not prepare %d envelopes: %s", len(bodies), header["error"])
+            return None
+        heads = [None if h is None else Head(*h) for h in header["heads"]]
+        if len(heads) != len(bodies):
+            log.error("ingest worker answered %d heads for %d envelopes", len(heads), len(bodies))
+            return None
+        return Prepared(heads, bytes(payload))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers, self._all = self._all, []
+        for worker in workers:
+            worker.close()
