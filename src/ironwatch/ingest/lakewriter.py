@@ -24,8 +24,6 @@ import ctypes
 import fcntl
 import logging
 import os
-import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -36,32 +34,24 @@ from typing import IO, Any
 import orjson
 
 from ironwatch.errors import StorageError
+from ironwatch.ingest import child
 from ironwatch.ingest.flusher import Seen, SegmentWriter, Written, write_segment
 from ironwatch.ingest.wal import Segment
 
 log = logging.getLogger(__name__)
 
-_LEN = struct.Struct("<I")
 LOCK = "lake-writer.lock"
 _CHILD = "from ironwatch.ingest.lakewriter import main; main()"
 
 
 def _send(stream: IO[bytes], message: dict[str, Any]) -> None:
-    data = orjson.dumps(message)
-    stream.write(_LEN.pack(len(data)) + data)
-    stream.flush()
+    child.send(stream, orjson.dumps(message))
 
 
 def _receive(stream: IO[bytes]) -> dict[str, Any] | None:
     """The next message, or ``None`` at the end of the stream."""
-    head = stream.read(_LEN.size)
-    if len(head) < _LEN.size:
-        return None
-    (n,) = _LEN.unpack(head)
-    data = stream.read(n)
-    if len(data) < n:
-        return None
-    return dict(orjson.loads(data))
+    data = child.receive(stream)
+    return None if data is None else dict(orjson.loads(data))
 
 
 def is_shared(root_url: str) -> bool:
@@ -103,18 +93,7 @@ class ProcessWriter:
         if proc is not None:
             log.error("lake writer: the process stopped (exit code %s); starting a new one", proc.returncode)
             _close(proc)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(self.state_dir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-            env={
-                # With the C library's allocator the child can give a flush's memory back (_give_back).
-                "ARROW_DEFAULT_MEMORY_POOL": "system",
-                **os.environ,
-                "IRONWATCH_LAKE_WRITER_LOG_LEVEL": logging.getLevelName(logging.getLogger().level).lower(),
-            },
-        )
+        self._proc = child.spawn(_CHILD, str(self.state_dir))
         return self._proc
 
     def write(self, segment: Segment, name: str) -> Written:
@@ -218,13 +197,6 @@ def _give_back() -> None:
 
 def main() -> None:
     """The child's entry point; its one argument is the log directory (where its lock lives)."""
-    from ironwatch import logs
-
-    # Ctrl-C in a terminal (and a service manager's SIGTERM) reaches the whole process group; the
-    # server decides when its lake writer stops (it closes its stdin after the last segment), so
-    # the child must not die half-way through a segment the server's graceful stop waits for.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    logs.setup(os.environ.get("IRONWATCH_LAKE_WRITER_LOG_LEVEL", "warning"))
+    child.setup()
     with contextlib.suppress(BrokenPipeError):  # the server went away while we answered
         _serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)

@@ -28,9 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import queue
-import signal
 import struct
 import subprocess
 import sys
@@ -39,6 +37,7 @@ from typing import IO, Any
 
 import orjson
 
+from ironwatch.ingest import child
 from ironwatch.ingest import record as records
 from ironwatch.ingest.decode import decode_many
 from ironwatch.ingest.validate import check_many
@@ -117,25 +116,9 @@ def _unpack(message: bytes) -> tuple[dict[str, Any], memoryview]:
     return header, memoryview(message)[_LEN.size + n :]
 
 
-def _send(stream: IO[bytes], message: bytes) -> None:
-    stream.write(_LEN.pack(len(message)))
-    stream.write(message)
-    stream.flush()
-
-
-def _receive(stream: IO[bytes]) -> bytes | None:
-    """The next message, or ``None`` at the end of the stream."""
-    head = stream.read(_LEN.size)
-    if len(head) < _LEN.size:
-        return None
-    (n,) = _LEN.unpack(head)
-    data = stream.read(n)
-    return data if len(data) == n else None
-
-
 def _serve(requests: IO[bytes], answers: IO[bytes], limits: Limits) -> None:
     """A worker's life: answer requests until the server closes its end."""
-    while (message := _receive(requests)) is not None:
+    while (message := child.receive(requests)) is not None:
         header, rest = _unpack(message)
         bodies, pos = [], 0
         for size in header["sizes"]:
@@ -146,20 +129,15 @@ def _serve(requests: IO[bytes], answers: IO[bytes], limits: Limits) -> None:
             done = prepare(tenant, transport, bodies, now_us=now_us, limits=limits)
         except Exception as exc:  # a bug: the server decodes this group itself
             log.exception("ingest worker: cannot prepare %d envelopes", len(bodies))
-            _send(answers, _pack({"error": repr(exc)}))
+            child.send(answers, _pack({"error": repr(exc)}))
             continue
         heads = [None if h is None else dataclasses.astuple(h) for h in done.heads]
-        _send(answers, _pack({"heads": heads}, done.payload))
+        child.send(answers, _pack({"heads": heads}, done.payload))
 
 
 def main() -> None:
     """A worker process's entry point; its one argument is its :class:`Limits` as JSON."""
-    from ironwatch import logs
-
-    # Ctrl-C reaches the whole process group; the server stops its workers (it closes their input).
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    logs.setup(os.environ.get("IRONWATCH_WORKER_LOG_LEVEL", "warning"))
+    child.setup()
     limits = Limits(**orjson.loads(sys.argv[1]))
     with contextlib.suppress(BrokenPipeError):  # the server went away while we answered
         _serve(sys.stdin.buffer, sys.stdout.buffer, limits)
@@ -169,18 +147,7 @@ class _Worker:
     """One worker process and its pipes."""
 
     def __init__(self, limits: Limits) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, orjson.dumps(dataclasses.asdict(limits)).decode()],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-            env={
-                # The C library's allocator returns a group's buffers; Arrow's default pool keeps them.
-                "ARROW_DEFAULT_MEMORY_POOL": "system",
-                **os.environ,
-                "IRONWATCH_WORKER_LOG_LEVEL": logging.getLevelName(logging.getLogger().level).lower(),
-            },
-        )
+        self.proc = child.spawn(_CHILD, orjson.dumps(dataclasses.asdict(limits)).decode())
 
     @property
     def name(self) -> str:
@@ -188,8 +155,8 @@ class _Worker:
 
     def ask(self, request: bytes) -> tuple[dict[str, Any], memoryview]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        _send(self.proc.stdin, request)
-        answer = _receive(self.proc.stdout)
+        child.send(self.proc.stdin, request)
+        answer = child.receive(self.proc.stdout)
         if answer is None:
             raise EOFError("the worker closed its output")
         return _unpack(answer)
