@@ -8,6 +8,7 @@ worker takes the next one). Counts come from the write-ahead log's records and t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from test_groups import (
 
 from conftest import Lab, wait_until
 from ironwatch.errors import MalformedBody
-from ironwatch.ingest import Pipeline
+from ironwatch.ingest import Pipeline, workers
 from ironwatch.ingest import record as records
 from ironwatch.ingest.decode import decode_many
 from ironwatch.ingest.validate import check_many
@@ -201,6 +202,27 @@ def test_a_killed_worker_costs_one_group_its_offload_and_nothing_else(pipeline: 
         ("gw-1", 50),
         ("gw-2", 60),
     ]
+
+
+def test_a_hung_worker_is_replaced_and_its_group_decoded_in_the_server(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers, "ANSWER_TIMEOUT_S", 0.5)
+    (pid,) = the_pids(pipeline)
+    os.kill(pid, signal.SIGSTOP)  # alive, but never answers
+    try:
+        got = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", b))) for b in range(1, 6)]))
+        assert [o.accepted for o in got.values()] == [10] * 5
+        assert groups(pipeline) == {"prepared": 0, "decoded_again": 0, "unavailable": 1}
+        wait_until(lambda: _exited(pid), 10, what="the hung worker to be killed")
+        (new,) = the_pids(pipeline)
+        assert new != pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    got = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", b))) for b in range(6, 10)]))
+    assert [o.accepted for o in got.values()] == [10] * 4
+    assert groups(pipeline)["prepared"] == 1
 
 
 def test_stopping_the_pipeline_stops_its_workers(lab: Lab) -> None:

@@ -477,9 +477,16 @@ class Pipeline:
             return left
         self.metrics.worker_groups.labels("decoded_again").inc()
         if fresh:
-            decoded_all = decode_many(
-                [call.items[i][1] for i, _, _ in fresh], max_readings=int(self.settings.ingest.max_readings)
-            )
+            try:
+                decoded_all = decode_many(
+                    [call.items[i][1] for i, _, _ in fresh],
+                    max_readings=int(self.settings.ingest.max_readings),
+                )
+            except BaseException as exc:  # the claims must not outlive this call
+                self._fail([(i, key) for i, key, _ in fresh], exc, call)
+                if not isinstance(exc, Exception):
+                    raise
+                return left
             again: list[tuple[int, Key, Decoded]] = []
             for (i, key, _), decoded in zip(fresh, decoded_all, strict=True):
                 if isinstance(decoded, Exception):  # the worker could decode it: a bug somewhere

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import queue
+import select
 import struct
 import subprocess
 import sys
@@ -48,6 +49,8 @@ _LEN = struct.Struct("<I")
 _CHILD = "from ironwatch.ingest.workers import main; main()"
 #: How long a group waits for an idle worker before the server decodes it itself.
 IDLE_WAIT_S = 1.0
+#: How long a worker may take to answer (a group of 512 KiB takes milliseconds) before it is replaced.
+ANSWER_TIMEOUT_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,9 @@ class _Worker:
     def ask(self, request: bytes) -> tuple[dict[str, Any], memoryview]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         child.send(self.proc.stdin, request)
+        ready, _, _ = select.select([self.proc.stdout], [], [], ANSWER_TIMEOUT_S)
+        if not ready:  # a worker that hangs must not hold up admission: it is replaced
+            raise TimeoutError(f"no answer within {ANSWER_TIMEOUT_S:.0f} s")
         answer = child.receive(self.proc.stdout)
         if answer is None:
             raise EOFError("the worker closed its output")
@@ -223,7 +229,8 @@ class WorkerPool:
         try:
             header, payload = worker.ask(request)
         except (EOFError, OSError, ValueError) as exc:
-            log.error("ingest worker %s is gone (%s); starting a new one", worker.name, exc)
+            log.error("ingest worker %s failed (%s); starting a new one", worker.name, exc)
+            worker.proc.kill()  # it may hang rather than be gone
             self._drop(worker)
             self._add()
             return None
