@@ -49,7 +49,7 @@ def test_bench_ingest_columns_with_an_uneven_split() -> None:
     assert result["form"] == "columns"
 
 
-def test_bench_ingest_over_mqtt_keeps_a_window_of_messages_in_flight() -> None:
+def test_bench_ingest_over_mqtt_with_an_ingest_worker() -> None:
     require_tool("mosquitto", "/usr/sbin/mosquitto")
     result = run_ingest_bench(
         transport="mqtt",
@@ -58,9 +58,11 @@ def test_bench_ingest_over_mqtt_keeps_a_window_of_messages_in_flight() -> None:
         clients=2,
         form="columns",
         flush_interval_s=0.5,
+        workers=1,
         progress=None,
     )
     assert result["stored"] == 30_000
     assert result["ack_is"] == "broker PUBACK (MQTT)"
+    assert result["ingest_workers"] == 1
     # One PUBACK latency per message, measured from publish to PUBACK with up to 16 in flight.
     assert 0 < result["p50_ack_ms"] <= result["p99_ack_ms"] <= result["max_ack_ms"]

@@ -266,12 +266,14 @@ def run_ingest_bench(
     clients: int = 2,
     form: str = "rows",
     flush_interval_s: float | None = None,
+    workers: int | None = None,
     keep: bool = False,
     progress: Progress | None = stderr_progress,
 ) -> dict[str, Any]:
     """Run one ingest benchmark and return its figures (see ``bench/README.md``).
 
-    ``flush_interval_s`` overrides the server's ``lake.flush_interval_s`` (None keeps its default);
+    ``flush_interval_s`` and ``workers`` override the server's ``lake.flush_interval_s`` and
+    ``ingest.workers`` (None keeps what its settings say);
     ``keep`` keeps the temporary data dir and server log. Raises :class:`BenchFailed` when the run
     cannot finish or SQL does not count exactly ``readings``.
     """
@@ -284,6 +286,8 @@ def run_ingest_bench(
         data_dir.mkdir()
         gateway_key, analyst_key = _setup_tenant(data_dir, wl, transport)
         env = {} if flush_interval_s is None else {"IRONWATCH_LAKE__FLUSH_INTERVAL_S": str(flush_interval_s)}
+        if workers is not None:
+            env["IRONWATCH_INGEST__WORKERS"] = str(workers)
         broker = Broker(work) if transport == "mqtt" else None
         server: ServerProcess | None = None
         try:
@@ -312,6 +316,9 @@ def run_ingest_bench(
         "parquet_bytes": bytes_total,
         "parquet_files": files,
         "flush_interval_s": flush_interval_s,
+        "ingest_workers": int(
+            env.get("IRONWATCH_INGEST__WORKERS", os.environ.get("IRONWATCH_INGEST__WORKERS", 0))
+        ),
         "cpus": os.cpu_count(),
         "loadavg_1m_before": round(load_before, 2),
         "loadavg_1m_after": round(os.getloadavg()[0], 2),

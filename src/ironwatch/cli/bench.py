@@ -18,6 +18,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
         batch=args.batch,
         clients=args.clients,
         form=args.form,
+        workers=args.workers,
     )
     print_result(result, args.json)
     return 0
@@ -69,6 +70,12 @@ def register(sub: Any) -> None:
     p.add_argument("--readings", type=int, default=2_000_000)
     p.add_argument("--batch", type=int, default=1000, help="readings per batch or message")
     p.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="the server's ingest.workers (default: the server's own setting)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = add(bench, "rollup", cmd_bench_rollup, "ironwatch bench rollup --json")
     p.add_argument("--sensors", type=int, default=550, help="sensors of 17 metrics (default 550)")
