@@ -152,8 +152,8 @@ def test_a_fast_stream_of_messages_is_admitted_in_groups_and_stored_once(
         )
 
     wait_until(admitted, 60, interval_s=0.2, what=f"{n} batches, {repeats} duplicates, {len(broken)} broken")
-    if workers:  # groups went to the worker (decoded again here when a repeat or a broken one was in them)
-        assert worker_groups(server, "prepared") + worker_groups(server, "decoded_again") > 0
+    if workers:  # groups went to the worker (trimmed here when a repeat or a broken one was in them)
+        assert worker_groups(server, "prepared") + worker_groups(server, "trimmed") > 0
         assert worker_groups(server, "unavailable") == 0
     else:
         assert worker_groups(server, "prepared") == 0

@@ -111,7 +111,7 @@ def pipeline(lab: Lab) -> Iterator[Pipeline]:
 def groups(pipeline: Pipeline) -> dict[str, float]:
     """How many groups took each path through the workers so far."""
     counter = pipeline.metrics.worker_groups
-    return {path: counter.labels(path)._value.get() for path in ("prepared", "decoded_again", "unavailable")}
+    return {path: counter.labels(path)._value.get() for path in ("prepared", "trimmed", "unavailable")}
 
 
 def the_pids(pipeline: Pipeline) -> list[int]:
@@ -126,7 +126,7 @@ def test_a_group_of_new_batches_is_written_as_the_worker_prepared_it(pipeline: P
 
     got = outcomes(admit(pipeline, items, transport="mqtt"))
 
-    assert groups(pipeline) == {"prepared": 1, "decoded_again": 0, "unavailable": 0}
+    assert groups(pipeline) == {"prepared": 1, "trimmed": 0, "unavailable": 0}
     assert {i: (o.accepted, o.rejected, o.duplicate) for i, o in got.items()} == {
         0: (10, 0, False),
         1: (10, 0, False),
@@ -149,34 +149,76 @@ def test_a_group_of_new_batches_is_written_as_the_worker_prepared_it(pipeline: P
     assert {s["sensor"] for s in pipeline.store.sensors("acme")} >= {f"s-{i:04d}" for i in range(10)}
 
 
-def test_a_group_with_a_duplicate_or_a_broken_body_is_decoded_again_in_the_server(
+def test_a_group_with_duplicates_and_a_broken_body_is_trimmed_to_its_new_batches(
     pipeline: Pipeline,
 ) -> None:
-    first = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", 1)))]))
-    assert first[0].accepted == 10 and groups(pipeline)["prepared"] == 0  # one batch: no worker
+    hall_b_bad = [bad_readings("gw-2", b).replace(b"hall-a", b"hall-b") for b in (4, 5)]
+    earlier = [(GATEWAY, orjson.dumps(envelope("gw-1", 1))), (GATEWAY, hall_b_bad[0])]
+    first = outcomes(admit(pipeline, earlier))  # two batches: no worker
+    assert [(o.accepted, o.rejected) for o in first.values()] == [(10, 0), (8, 2)]
+    assert groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 0}
+    before = len(log_records(pipeline.state_dir))
 
     answers = admit(
         pipeline,
         [
             (GATEWAY, orjson.dumps(envelope("gw-1", 1))),  # stored before: a duplicate
+            (GATEWAY, hall_b_bad[0]),  # stored before, with its two quarantined readings
             (GATEWAY, orjson.dumps(envelope("gw-1", 2))),
             (GATEWAY, b"{broken"),
+            (GATEWAY, hall_b_bad[1]),
             (GATEWAY, orjson.dumps(envelope("gw-1", 3))),
             (GATEWAY, orjson.dumps(envelope("gw-1", 3))),  # twice in one group
         ],
         transport="mqtt",
     )
-    assert isinstance(answers[2], MalformedBody), answers[2]
+    assert isinstance(answers[3], MalformedBody), answers[3]
     got = outcomes(answers)
-    assert {i: (o.accepted, o.duplicate) for i, o in got.items()} == {
-        0: (0, True),
-        1: (10, False),
-        3: (10, False),
-        4: (0, True),
+    assert {i: (o.accepted, o.rejected, o.duplicate) for i, o in got.items()} == {
+        0: (0, 0, True),
+        1: (0, 0, True),
+        2: (10, 0, False),
+        4: (8, 2, False),
+        5: (10, 0, False),
+        6: (0, 0, True),
     }
-    assert groups(pipeline) == {"prepared": 0, "decoded_again": 1, "unavailable": 0}
+    assert groups(pipeline) == {"prepared": 0, "trimmed": 1, "unavailable": 0}
+    (rec,) = log_records(pipeline.state_dir)[before:]  # the worker's record, cut to the new batches
+    assert rec.parts == [
+        records.Part("gw-1", "hall-a", 2, 10),
+        records.Part("gw-2", "hall-b", 5, 8),
+        records.Part("gw-1", "hall-a", 3, 10),
+    ]
+    assert [t["value"][0].as_py() for _, t in rec.batches()] == [2000.0, 5000.0, 3000.0]
+    kept = rec.quarantine.select(["gateway", "batch", "index"]).to_pylist()
+    assert [tuple(r.values()) for r in kept] == [("gw-2", 5, 2), ("gw-2", 5, 5)]
+
     assert pipeline.flush(30), pipeline.flush_error
-    assert lake_rows(pipeline.root_of("acme"), PER_BATCH_SQL) == [("gw-1", b, 10, 10) for b in (1, 2, 3)]
+    root = pipeline.root_of("acme")
+    assert lake_rows(root, PER_BATCH_SQL) == [
+        ("gw-1", 1, 10, 10),
+        ("gw-1", 2, 10, 10),
+        ("gw-1", 3, 10, 10),
+        ("gw-2", 4, 8, 8),
+        ("gw-2", 5, 8, 8),
+    ]
+    assert lake_rows(root, "SELECT batch, \"index\" FROM quarantine WHERE gateway = 'gw-2' ORDER BY ALL") == [
+        (4, 2),
+        (4, 5),
+        (5, 2),
+        (5, 5),
+    ]
+
+
+def test_a_group_of_duplicates_only_writes_nothing(pipeline: Pipeline) -> None:
+    bodies = [orjson.dumps(envelope("gw-1", b)) for b in range(1, 6)]
+    for body in bodies:  # one at a time: no worker
+        outcomes(admit(pipeline, [(GATEWAY, body)]))
+    before = len(log_records(pipeline.state_dir))
+    got = outcomes(admit(pipeline, [(GATEWAY, body) for body in bodies], transport="mqtt"))
+    assert [o.duplicate for o in got.values()] == [True] * 5
+    assert groups(pipeline) == {"prepared": 0, "trimmed": 1, "unavailable": 0}
+    assert len(log_records(pipeline.state_dir)) == before
 
 
 def test_a_killed_worker_costs_one_group_its_offload_and_nothing_else(pipeline: Pipeline) -> None:
@@ -186,7 +228,7 @@ def test_a_killed_worker_costs_one_group_its_offload_and_nothing_else(pipeline: 
 
     got = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", b))) for b in range(1, 6)]))
     assert [o.accepted for o in got.values()] == [10] * 5
-    assert groups(pipeline) == {"prepared": 0, "decoded_again": 0, "unavailable": 1}
+    assert groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 1}
 
     (new,) = the_pids(pipeline)
     assert new != pid
@@ -213,7 +255,7 @@ def test_a_hung_worker_is_replaced_and_its_group_decoded_in_the_server(
     try:
         got = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", b))) for b in range(1, 6)]))
         assert [o.accepted for o in got.values()] == [10] * 5
-        assert groups(pipeline) == {"prepared": 0, "decoded_again": 0, "unavailable": 1}
+        assert groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 1}
         wait_until(lambda: _exited(pid), 10, what="the hung worker to be killed")
         (new,) = the_pids(pipeline)
         assert new != pid

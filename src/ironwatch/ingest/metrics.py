@@ -43,7 +43,7 @@ class Metrics:
         self.worker_groups = Counter(
             "ironwatch_ingest_worker_groups",
             "Groups of batches offered to ingest workers, by what became of them: written as the worker "
-            "prepared them, decoded again in the server (a duplicate or refused batch among them), or "
+            "prepared them, trimmed to the new batches (a duplicate or refused batch among them), or "
             "decoded in the server because no worker could take them",
             ["path"],
             registry=r,

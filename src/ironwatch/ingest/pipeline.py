@@ -80,6 +80,29 @@ class _Call:
     refused: list[Exception | None]
 
 
+def _trimmed(rec: records.Record, heads: list[Head], keep: list[bool]) -> records.Record:
+    """``rec`` with only the batches (parts, good readings, quarantined rows) that ``keep`` says.
+
+    The good readings and the quarantined rows of a worker's record are each in the order of its
+    parts, ``accepted`` and ``rejected`` rows per part, so both are cut by the heads' counts.
+    """
+    good, bad, parts = [], [], []
+    good_at = bad_at = 0
+    for part, head, kept in zip(rec.parts, heads, keep, strict=True):
+        if kept:
+            parts.append(part)
+            good.append(rec.good.slice(good_at, head.accepted))
+            bad.append(rec.quarantine.slice(bad_at, head.rejected))
+        good_at += head.accepted
+        bad_at += head.rejected
+    return dataclasses.replace(
+        rec,
+        parts=parts,
+        good=pa.concat_tables(good) if good else rec.good.slice(0, 0),
+        quarantine=pa.concat_tables(bad) if bad else rec.quarantine.slice(0, 0),
+    )
+
+
 def _record_of(prepared: Prepared, tenant: str) -> records.Record | None:
     """The record an ingest worker prepared, if it holds exactly the batches its heads name."""
     try:
@@ -90,7 +113,12 @@ def _record_of(prepared: Prepared, tenant: str) -> records.Record | None:
     heads = [h for h in prepared.heads if h is not None]
     expected = [(h.gateway, h.site, h.batch, h.accepted) for h in heads]
     found = [(p.gateway, p.site, p.batch, p.rows) for p in rec.parts]
-    if rec.tenant != tenant or found != expected or rec.good.num_rows != sum(h.accepted for h in heads):
+    if (
+        rec.tenant != tenant
+        or found != expected
+        or rec.good.num_rows != sum(h.accepted for h in heads)
+        or rec.quarantine.num_rows != sum(h.rejected for h in heads)
+    ):
         log.error("ingest worker: its record does not match its answer; decoding in the server")
         return None
     return rec
@@ -449,9 +477,10 @@ class Pipeline:
     def _admit_prepared(self, tenant: str, indexes: list[int], call: _Call) -> list[int]:
         """Let an ingest worker decode and check one tenant's batches; what is left to admit here.
 
-        When every batch is new and allowed, the worker's record is written as it is. Otherwise the
-        new ones (already claimed) are decoded here and written the usual way, and the ones the
-        worker refused are left to :meth:`_admit_here`, which finds out why.
+        When every batch is new and allowed, the worker's record is written as it is; otherwise it is
+        cut down to the new ones (a backlog resent after an outage holds many batches already
+        stored). The envelopes the worker refused are left to :meth:`_admit_here`, which finds out
+        why.
         """
         assert self._workers is not None
         bodies = [call.items[i][1] for i in indexes]
@@ -462,40 +491,32 @@ class Pipeline:
             return indexes
         left: list[int] = []
         fresh: list[tuple[int, Key, Head]] = []
+        keep: list[bool] = []  # per part of the worker's record: is its batch new here
         for i, head in zip(indexes, prepared.heads, strict=True):
             if head is None:
                 left.append(i)
                 continue
             key = self._reserve(call, i, head.gateway, head.site, head.batch)
+            keep.append(key is not None)
             if key is not None:
                 fresh.append((i, key, head))
-        if len(fresh) == len(indexes):
+        group = [(i, key) for i, key, _ in fresh]
+        outcomes = [Outcome(h.accepted, h.rejected, False, h.errors) for _, _, h in fresh]
+        if fresh and all(keep):
             self.metrics.worker_groups.labels("prepared").inc()
-            outcomes = [Outcome(h.accepted, h.rejected, False, h.errors) for _, _, h in fresh]
-            group = [(i, key) for i, key, _ in fresh]
             self._write(tenant, group, prepared.payload, rec.parts, rec.good, outcomes, call)
             return left
-        self.metrics.worker_groups.labels("decoded_again").inc()
+        self.metrics.worker_groups.labels("trimmed").inc()
         if fresh:
             try:
-                decoded_all = decode_many(
-                    [call.items[i][1] for i, _, _ in fresh],
-                    max_readings=int(self.settings.ingest.max_readings),
-                )
+                trimmed = _trimmed(rec, [h for h in prepared.heads if h is not None], keep)
+                payload = records.encode(trimmed)
             except BaseException as exc:  # the claims must not outlive this call
-                self._fail([(i, key) for i, key, _ in fresh], exc, call)
+                self._fail(group, exc, call)
                 if not isinstance(exc, Exception):
                     raise
                 return left
-            again: list[tuple[int, Key, Decoded]] = []
-            for (i, key, _), decoded in zip(fresh, decoded_all, strict=True):
-                if isinstance(decoded, Exception):  # the worker could decode it: a bug somewhere
-                    self.ledger.release(key, decoded)
-                    call.on_done(i, decoded)
-                else:
-                    again.append((i, key, decoded))
-            if again:
-                self._write_group(tenant, again, call)
+            self._write(tenant, group, payload, trimmed.parts, trimmed.good, outcomes, call)
         return left
 
     def _after_other(
