@@ -64,5 +64,7 @@ def test_bench_ingest_over_mqtt_with_an_ingest_worker() -> None:
     assert result["stored"] == 30_000
     assert result["ack_is"] == "broker PUBACK (MQTT)"
     assert result["ingest_workers"] == 1
+    # Groups went to the worker: the server's own count (30,000 readings in 300 messages form groups).
+    assert result["worker_groups"] > 0
     # One PUBACK latency per message, measured from publish to PUBACK with up to 16 in flight.
     assert 0 < result["p50_ack_ms"] <= result["p99_ack_ms"] <= result["max_ack_ms"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
+import psutil
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -231,6 +232,12 @@ def test_kill_9_while_groups_are_admitted_keeps_every_acknowledged_batch_once(
     wait_until(lambda: is_ready(server), 20, what="the server to subscribe to the broker")
     assert server.proc is not None
     writer = lake_writer_of(server.proc.pid)
+    worker_procs = [
+        c
+        for c in psutil.Process(server.proc.pid).children()
+        if "ironwatch.ingest.workers" in " ".join(c.cmdline())
+    ]
+    assert len(worker_procs) == workers
     n = 20_000 if HEAVY else 6_000
     messages = stream(n, 10, repeat_every=40)
     sent = Counter(key_of(p) for _, p in messages)
@@ -245,8 +252,12 @@ def test_kill_9_while_groups_are_admitted_keeps_every_acknowledged_batch_once(
             interval_s=0.02,
             what="a quarter of the batches to be stored",
         )
+        if workers:  # groups went to the worker before the kill
+            assert worker_groups(server, "prepared") + worker_groups(server, "trimmed") > 0
         server.kill()  # while the admitting thread is taking groups
         wait_until(lambda: gone(writer), 30, what="the killed server's lake writer to exit")
+        for proc in worker_procs:  # they end with their input, as the lake writer does
+            wait_until(lambda proc=proc: gone(proc), 30, what="the killed server's ingest worker to exit")
         for where, payload in messages[len(before_kill) :]:  # kept by the broker while the server is down
             gateway.send(where, payload)
         gateway.wait_acknowledged()

@@ -251,10 +251,13 @@ def test_a_hung_worker_is_replaced_and_its_group_decoded_in_the_server(
 ) -> None:
     monkeypatch.setattr(workers, "ANSWER_TIMEOUT_S", 0.5)
     (pid,) = the_pids(pipeline)
-    os.kill(pid, signal.SIGSTOP)  # alive, but never answers
+    os.kill(pid, signal.SIGSTOP)  # alive, but takes nothing and never answers
     try:
-        got = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", b))) for b in range(1, 6)]))
-        assert [o.accepted for o in got.values()] == [10] * 5
+        # ~450 KB: more than a pipe holds, so even writing the request to the worker would block.
+        big = [(GATEWAY, orjson.dumps(envelope("gw-1", b, n=2000))) for b in range(1, 6)]
+        assert sum(len(body) for _, body in big) > 4 * 65536
+        got = outcomes(admit(pipeline, big))
+        assert [o.accepted for o in got.values()] == [2000] * 5
         assert groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 1}
         wait_until(lambda: _exited(pid), 10, what="the hung worker to be killed")
         (new,) = the_pids(pipeline)

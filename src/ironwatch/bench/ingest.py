@@ -372,6 +372,7 @@ def _measure(
         )
         stored, t_visible = _wait_visible(server, analyst_key, wl.readings, say)
         cpu_all = sampler.cpu_s()
+        worker_groups = metric_total(server.url, "ironwatch_ingest_worker_groups_total")
         for p in procs:
             p.join(timeout=30)
     finally:
@@ -394,6 +395,7 @@ def _measure(
         "peak_pss_mib": round(sampler.peak_pss_bytes / 2**20, 1),
         "sql_visible_s": round(t_visible - t_ack, 3),
         "stored": stored,
+        "worker_groups": int(worker_groups),
         "server_cpu_s": round(cpu_ack - cpu0, 2),
         "server_cpu_s_until_visible": round(cpu_all - cpu0, 2),
         "client_cpu_s": round(sum(d["cpu_s"] for d in done), 2),

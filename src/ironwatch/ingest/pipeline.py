@@ -36,7 +36,7 @@ from ironwatch.ingest.metrics import Metrics
 from ironwatch.ingest.validate import WAL_SCHEMA, check_many, whole_message
 from ironwatch.ingest.wal import Log, Segment, frame, read_records, segment_seq
 from ironwatch.ingest.workers import Head, Limits, Prepared, WorkerPool
-from ironwatch.model import Principal, Role, empty_table, utc_now_us
+from ironwatch.model import QUARANTINE_SCHEMA, Principal, Role, empty_table, utc_now_us
 from ironwatch.store import Store
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,8 @@ def _record_of(prepared: Prepared, tenant: str) -> records.Record | None:
     found = [(p.gateway, p.site, p.batch, p.rows) for p in rec.parts]
     if (
         rec.tenant != tenant
+        or rec.good.schema != WAL_SCHEMA
+        or (rec.quarantine.num_rows and rec.quarantine.schema != QUARANTINE_SCHEMA)
         or found != expected
         or rec.good.num_rows != sum(h.accepted for h in heads)
         or rec.quarantine.num_rows != sum(h.rejected for h in heads)
@@ -509,8 +511,10 @@ class Pipeline:
         self.metrics.worker_groups.labels("trimmed").inc()
         if fresh:
             try:
-                trimmed = _trimmed(rec, [h for h in prepared.heads if h is not None], keep)
-                payload = records.encode(trimmed)
+                payload = records.encode(_trimmed(rec, [h for h in prepared.heads if h is not None], keep))
+                # Read back, so what is kept (the live buffer) holds the new batches' readings only,
+                # not views into the whole group's.
+                trimmed = records.decode(payload)
             except BaseException as exc:  # the claims must not outlive this call
                 self._fail(group, exc, call)
                 if not isinstance(exc, Exception):

@@ -28,12 +28,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import queue
 import select
 import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import IO, Any
 
 import orjson
@@ -51,6 +53,10 @@ _CHILD = "from ironwatch.ingest.workers import main; main()"
 IDLE_WAIT_S = 1.0
 #: How long a worker may take to answer (a group of 512 KiB takes milliseconds) before it is replaced.
 ANSWER_TIMEOUT_S = 30.0
+#: An answer announcing more than this is nonsense (a group is at most a few MiB).
+MAX_ANSWER_BYTES = 256 << 20
+#: Least time between two starts of a worker, so one that dies at once is not restarted in a loop.
+RESPAWN_PAUSE_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,26 +152,56 @@ def main() -> None:
         _serve(sys.stdin.buffer, sys.stdout.buffer, limits)
 
 
+def _write_all(fd: int, data: bytes, deadline: float) -> None:
+    """Write all of ``data`` to a non-blocking pipe, or raise :class:`TimeoutError` at ``deadline``."""
+    view = memoryview(data)
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([], [fd], [], left)[1]:
+            raise TimeoutError("the worker does not take its request")
+        with contextlib.suppress(BlockingIOError):
+            view = view[os.write(fd, view) :]
+
+
+def _read_exactly(fd: int, size: int, deadline: float) -> bytes:
+    """Read ``size`` bytes from a non-blocking pipe, or raise at its end or at ``deadline``."""
+    out = bytearray()
+    while len(out) < size:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise TimeoutError("the worker does not answer")
+        try:
+            chunk = os.read(fd, size - len(out))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            raise EOFError("the worker closed its output")
+        out += chunk
+    return bytes(out)
+
+
 class _Worker:
-    """One worker process and its pipes."""
+    """One worker process and its pipes (non-blocking here, so a hung worker cannot hang the server)."""
 
     def __init__(self, limits: Limits) -> None:
         self.proc = child.spawn(_CHILD, orjson.dumps(dataclasses.asdict(limits)).decode())
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._out, self._in = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        os.set_blocking(self._out, False)
+        os.set_blocking(self._in, False)
 
     @property
     def name(self) -> str:
         return f"pid {self.proc.pid}"
 
     def ask(self, request: bytes) -> tuple[dict[str, Any], memoryview]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        child.send(self.proc.stdin, request)
-        ready, _, _ = select.select([self.proc.stdout], [], [], ANSWER_TIMEOUT_S)
-        if not ready:  # a worker that hangs must not hold up admission: it is replaced
-            raise TimeoutError(f"no answer within {ANSWER_TIMEOUT_S:.0f} s")
-        answer = child.receive(self.proc.stdout)
-        if answer is None:
-            raise EOFError("the worker closed its output")
-        return _unpack(answer)
+        """Send one request and read its answer, all within :data:`ANSWER_TIMEOUT_S`."""
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        _write_all(self._out, _LEN.pack(len(request)) + request, deadline)
+        (size,) = _LEN.unpack(_read_exactly(self._in, _LEN.size, deadline))
+        if size > MAX_ANSWER_BYTES:
+            raise ValueError(f"the worker announces an answer of {size} bytes")
+        return _unpack(_read_exactly(self._in, size, deadline))
 
     def close(self) -> None:
         """Let the process finish and exit (it stops at the end of its input); kill it if it does not."""
@@ -191,23 +227,40 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._all: list[_Worker] = []
         self._closed = False
+        self._last_spawn = -RESPAWN_PAUSE_S
 
     def start(self) -> None:
         for _ in range(self.count):
-            self._add()
+            self._add(respawn=False)
 
-    def _add(self) -> None:
+    def _add(self, *, respawn: bool = True) -> None:
         with self._lock:
             if self._closed:
                 return
-            worker = _Worker(self._limits)
+            if respawn:
+                self._last_spawn = time.monotonic()
+            try:
+                worker = _Worker(self._limits)
+            except Exception:
+                log.exception("ingest worker: cannot start one; decoding in the server meanwhile")
+                return
             self._all.append(worker)
         self._idle.put(worker)
+
+    def _replenish(self) -> None:
+        """Start workers that died: the first at once, then at most one each :data:`RESPAWN_PAUSE_S`
+        (a worker that dies at once must not be restarted in a tight loop)."""
+        with self._lock:
+            missing = len(self._all) < self.count and not self._closed
+            due = time.monotonic() - self._last_spawn >= RESPAWN_PAUSE_S
+        if missing and due:
+            self._add()
 
     def _drop(self, worker: _Worker) -> None:
         with self._lock:
             if worker in self._all:
                 self._all.remove(worker)
+        worker.proc.kill()  # it may hang rather than be gone
         worker.close()
 
     @property
@@ -218,9 +271,13 @@ class WorkerPool:
 
     def prepare(self, tenant: str, transport: str, bodies: list[bytes], now_us: int) -> Prepared | None:
         """:func:`prepare` in a worker; ``None`` when no worker could (the caller works in process)."""
+        self._replenish()
+        with self._lock:
+            if not self._all:  # none alive: do not wait for one
+                return None
         try:
             worker = self._idle.get(timeout=IDLE_WAIT_S)
-        except queue.Empty:  # closed, or every worker is being replaced
+        except queue.Empty:  # every worker is busy with another group
             return None
         request = _pack(
             {"tenant": tenant, "transport": transport, "now_us": now_us, "sizes": [len(b) for b in bodies]},
@@ -228,20 +285,19 @@ class WorkerPool:
         )
         try:
             header, payload = worker.ask(request)
-        except (EOFError, OSError, ValueError) as exc:
+            if "error" in header:  # a bug in the worker's decoding: it is alive and well otherwise
+                self._idle.put(worker)
+                log.error("ingest worker could not prepare %d envelopes: %s", len(bodies), header["error"])
+                return None
+            heads = [None if h is None else Head(*h) for h in header["heads"]]
+            if len(heads) != len(bodies):
+                raise ValueError(f"{len(heads)} heads for {len(bodies)} envelopes")
+        except Exception as exc:  # gone, hung or talking nonsense: replaced
             log.error("ingest worker %s failed (%s); starting a new one", worker.name, exc)
-            worker.proc.kill()  # it may hang rather than be gone
             self._drop(worker)
-            self._add()
+            self._replenish()
             return None
         self._idle.put(worker)
-        if "error" in header:
-            log.error("ingest worker could not prepare %d envelopes: %s", len(bodies), header["error"])
-            return None
-        heads = [None if h is None else Head(*h) for h in header["heads"]]
-        if len(heads) != len(bodies):
-            log.error("ingest worker answered %d heads for %d envelopes", len(heads), len(bodies))
-            return None
         return Prepared(heads, bytes(payload))
 
     def close(self) -> None:
