@@ -253,11 +253,11 @@ def test_a_hung_worker_is_replaced_and_its_group_decoded_in_the_server(
     (pid,) = the_pids(pipeline)
     os.kill(pid, signal.SIGSTOP)  # alive, but takes nothing and never answers
     try:
-        # ~450 KB: more than a pipe holds, so even writing the request to the worker would block.
-        big = [(GATEWAY, orjson.dumps(envelope("gw-1", b, n=2000))) for b in range(1, 6)]
-        assert sum(len(body) for _, body in big) > 4 * 65536
+        # ~2 MB: more than the pipe holds, so even writing the request to the worker would block.
+        big = [(GATEWAY, orjson.dumps(envelope("gw-1", b, n=2000))) for b in range(1, 26)]
+        assert sum(len(body) for _, body in big) > 2 * workers.PIPE_BYTES
         got = outcomes(admit(pipeline, big))
-        assert [o.accepted for o in got.values()] == [2000] * 5
+        assert [o.accepted for o in got.values()] == [2000] * 25
         assert groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 1}
         wait_until(lambda: _exited(pid), 10, what="the hung worker to be killed")
         (new,) = the_pids(pipeline)
@@ -265,7 +265,7 @@ def test_a_hung_worker_is_replaced_and_its_group_decoded_in_the_server(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    got = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", b))) for b in range(6, 10)]))
+    got = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", b))) for b in range(26, 30)]))
     assert [o.accepted for o in got.values()] == [10] * 4
     assert groups(pipeline)["prepared"] == 1
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import queue
@@ -55,6 +56,8 @@ IDLE_WAIT_S = 1.0
 ANSWER_TIMEOUT_S = 30.0
 #: An answer announcing more than this is nonsense (a group is at most a few MiB).
 MAX_ANSWER_BYTES = 256 << 20
+#: Pipe buffer asked for each way (Linux allows up to /proc/sys/fs/pipe-max-size, 1 MiB by default).
+PIPE_BYTES = 1 << 20
 #: Least time between two starts of a worker, so one that dies at once is not restarted in a loop.
 RESPAWN_PAUSE_S = 1.0
 
@@ -187,8 +190,12 @@ class _Worker:
         self.proc = child.spawn(_CHILD, orjson.dumps(dataclasses.asdict(limits)).decode())
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._out, self._in = self.proc.stdin.fileno(), self.proc.stdout.fileno()
-        os.set_blocking(self._out, False)
-        os.set_blocking(self._in, False)
+        for fd in (self._out, self._in):
+            os.set_blocking(fd, False)
+            # Room for a whole group each way, so a request goes out in one write instead of a
+            # select and a write per 4 KiB the worker drains (7% of the throughput with 64 KiB pipes).
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
     @property
     def name(self) -> str:
