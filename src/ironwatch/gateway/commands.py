@@ -80,10 +80,23 @@ def _load(args: argparse.Namespace) -> gwconfig.GatewayConfig:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     """Run the gateway until stopped; the last line of standard output is the final counts."""
-    from ironwatch.gateway.agent import Gateway
     from ironwatch.logs import setup as setup_logging
 
     setup_logging(args.log_level or "warning")
+    # Catch Ctrl-C and SIGTERM from here on: one that comes while the gateway is being set up still
+    # stops it cleanly (exit 0, counts printed) instead of killing it with the default action.
+    early = threading.Event()
+    handlers = _on_stop_signals(early)
+    try:
+        return _run_gateway(args, early)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _run_gateway(args: argparse.Namespace, early: threading.Event) -> int:
+    from ironwatch.gateway.agent import Gateway
+
     config = _load(args)
     sims = [t for t in config.sources if t.get("type") == "simulator"]
     if args.speed is not None:
@@ -95,12 +108,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         # History ends where the live readings begin (now); a simulated start elsewhere would overlap it.
         raise ConfigError("--backfill", "cannot be combined with a simulator's start option")
     gateway = Gateway(config, backfill_days=backfill_days)
-    handlers = _on_stop_signals(gateway.stop)
-    try:
-        counts = gateway.run()
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+    _on_stop_signals(gateway.stop)
+    if early.is_set():  # a signal came while it was set up (the handlers are restored by the caller)
+        gateway.stop.set()
+    counts = gateway.run()
     keys = ("sampled", "sent", "acknowledged", "buffered", "dropped", "dead_lettered", "last_batch")
     print(json.dumps({k: getattr(counts, k) for k in keys}), flush=True)
     return 0
