@@ -9,12 +9,12 @@ A worker is stateless: given one tenant's envelopes (already unzipped) and the s
 decodes and checks them and answers with a *head* per envelope (gateway, site, batch, counts and
 errors) and one write-ahead log record payload that holds them all (:func:`prepare`). Everything
 that needs the server's state stays in the server: authorising the gateway, the batch ledger,
-writing the log, acknowledging. When that finds any envelope it cannot take as the worker prepared
-it (refused by the worker, a duplicate, another gateway's site), the server decodes the group itself
-the usual way, so the answers are exactly those of a server without workers.
+writing the log, acknowledging. Batches the server does not take (duplicates, another gateway's
+site) are cut out of the record, and an envelope the worker refused is decoded in the server, which
+names what is wrong; so the answers are exactly those of a server without workers.
 
-If a worker dies or answers nonsense, the server works in process for that group and starts a new
-worker; nothing acknowledged depends on a worker, because nothing is acknowledged before the
+If a worker dies, hangs or answers nonsense, the server works in process for that group and starts
+a new worker; nothing acknowledged depends on a worker, because nothing is acknowledged before the
 server's own log write.
 
 Protocol over the worker's stdin and stdout, each message framed as ``u32 length | message``: a
