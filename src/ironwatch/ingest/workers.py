@@ -190,6 +190,8 @@ class _Worker:
         self.proc = child.spawn(_CHILD, orjson.dumps(dataclasses.asdict(limits)).decode())
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._out, self._in = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        self._lock = threading.Lock()
+        self._closed = False
         for fd in (self._out, self._in):
             os.set_blocking(fd, False)
             # Room for a whole group each way, so a request goes out in one write instead of a
@@ -203,25 +205,30 @@ class _Worker:
 
     def ask(self, request: bytes) -> tuple[dict[str, Any], memoryview]:
         """Send one request and read its answer, all within :data:`ANSWER_TIMEOUT_S`."""
-        deadline = time.monotonic() + ANSWER_TIMEOUT_S
-        _write_all(self._out, _LEN.pack(len(request)) + request, deadline)
-        (size,) = _LEN.unpack(_read_exactly(self._in, _LEN.size, deadline))
-        if size > MAX_ANSWER_BYTES:
-            raise ValueError(f"the worker announces an answer of {size} bytes")
-        return _unpack(_read_exactly(self._in, size, deadline))
+        with self._lock:  # the pipes' descriptors stay open (and are not reused) meanwhile
+            if self._closed:
+                raise EOFError("the worker is closed")
+            deadline = time.monotonic() + ANSWER_TIMEOUT_S
+            _write_all(self._out, _LEN.pack(len(request)) + request, deadline)
+            (size,) = _LEN.unpack(_read_exactly(self._in, _LEN.size, deadline))
+            if size > MAX_ANSWER_BYTES:
+                raise ValueError(f"the worker announces an answer of {size} bytes")
+            return _unpack(_read_exactly(self._in, size, deadline))
 
     def close(self) -> None:
         """Let the process finish and exit (it stops at the end of its input); kill it if it does not."""
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-            self.proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdout.close()
+        with self._lock:
+            self._closed = True
+            try:
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stdout is not None:
+                with contextlib.suppress(OSError):
+                    self.proc.stdout.close()
 
 
 class WorkerPool:
@@ -267,7 +274,7 @@ class WorkerPool:
         with self._lock:
             if worker in self._all:
                 self._all.remove(worker)
-        worker.proc.kill()  # it may hang rather than be gone
+        worker.proc.kill()  # it may hang rather than be gone (its ask has returned: the lock is free)
         worker.close()
 
     @property
