@@ -18,7 +18,8 @@ import subprocess
 import sys
 from typing import IO
 
-_LEN = struct.Struct("<I")
+#: The length in front of every message (and of the header inside an ingest worker's messages).
+LEN = struct.Struct("<I")
 #: The environment variable that passes the server's log level to a child.
 LOG_LEVEL_ENV = "IRONWATCH_CHILD_LOG_LEVEL"
 
@@ -39,17 +40,17 @@ def spawn(code: str, *args: str) -> subprocess.Popen[bytes]:
 
 
 def send(stream: IO[bytes], message: bytes) -> None:
-    stream.write(_LEN.pack(len(message)))
+    stream.write(LEN.pack(len(message)))
     stream.write(message)
     stream.flush()
 
 
 def receive(stream: IO[bytes]) -> bytes | None:
     """The next message, or ``None`` at the end of the stream."""
-    head = stream.read(_LEN.size)
-    if len(head) < _LEN.size:
+    head = stream.read(LEN.size)
+    if len(head) < LEN.size:
         return None
-    (n,) = _LEN.unpack(head)
+    (n,) = LEN.unpack(head)
     data = stream.read(n)
     return data if len(data) == n else None
 

@@ -32,7 +32,6 @@ import logging
 import os
 import queue
 import select
-import struct
 import subprocess
 import sys
 import threading
@@ -48,7 +47,6 @@ from ironwatch.ingest.validate import check_many
 
 log = logging.getLogger(__name__)
 
-_LEN = struct.Struct("<I")
 _CHILD = "from ironwatch.ingest.workers import main; main()"
 #: How long a group waits for an idle worker before the server decodes it itself.
 IDLE_WAIT_S = 1.0
@@ -64,7 +62,7 @@ RESPAWN_PAUSE_S = 1.0
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """The ingest settings a worker applies (picklable)."""
+    """The ingest settings a worker applies (passed to it as JSON)."""
 
     max_readings: int
     max_future_s: float
@@ -119,13 +117,13 @@ def prepare(tenant: str, transport: str, bodies: list[bytes], *, now_us: int, li
 # the wire -------------------------------------------------------------------------------------
 def _pack(header: dict[str, Any], *chunks: bytes) -> bytes:
     head = orjson.dumps(header)
-    return b"".join((_LEN.pack(len(head)), head, *chunks))
+    return b"".join((child.LEN.pack(len(head)), head, *chunks))
 
 
 def _unpack(message: bytes) -> tuple[dict[str, Any], memoryview]:
-    (n,) = _LEN.unpack_from(message, 0)
-    header = orjson.loads(message[_LEN.size : _LEN.size + n])
-    return header, memoryview(message)[_LEN.size + n :]
+    (n,) = child.LEN.unpack_from(message, 0)
+    header = orjson.loads(message[child.LEN.size : child.LEN.size + n])
+    return header, memoryview(message)[child.LEN.size + n :]
 
 
 def _serve(requests: IO[bytes], answers: IO[bytes], limits: Limits) -> None:
@@ -209,8 +207,9 @@ class _Worker:
             if self._closed:
                 raise EOFError("the worker is closed")
             deadline = time.monotonic() + ANSWER_TIMEOUT_S
-            _write_all(self._out, _LEN.pack(len(request)) + request, deadline)
-            (size,) = _LEN.unpack(_read_exactly(self._in, _LEN.size, deadline))
+            _write_all(self._out, child.LEN.pack(len(request)), deadline)
+            _write_all(self._out, request, deadline)
+            (size,) = child.LEN.unpack(_read_exactly(self._in, child.LEN.size, deadline))
             if size > MAX_ANSWER_BYTES:
                 raise ValueError(f"the worker announces an answer of {size} bytes")
             return _unpack(_read_exactly(self._in, size, deadline))
