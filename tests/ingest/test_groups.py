@@ -9,6 +9,7 @@ files the pipeline wrote, and from the write-ahead log's own records.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import struct
@@ -425,6 +426,69 @@ def test_ingest_many_writes_one_record_and_answers_each_batch(
         ("gw-2", 3, 7),
     ]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_http_batches_sent_in_one_turn_of_the_loop_are_admitted_as_one_group(pipeline: Pipeline) -> None:
+    """``Pipeline.ingest`` (the HTTP path) gathers the batches of one loop turn into one group.
+
+    Each request still gets exactly the answer it would get alone: its refusal raised, its outcome
+    once durable, a repeat in the group answered as a duplicate.
+    """
+    gateway = Principal("acme", Role.GATEWAY, "k-any")
+    hall_a_only = Principal("acme", Role.GATEWAY, "k-hall-a", site="hall-a")
+    analyst = Principal("acme", Role.ANALYST, "k-analyst")
+    items = [
+        (gateway, orjson.dumps(envelope("gw-1", 21))),
+        (gateway, b"[1, 2"),
+        (gateway, orjson.dumps(envelope("gw-2", 21, site="hall-b", form="readings"))),
+        (hall_a_only, orjson.dumps(envelope("gw-2", 22, site="hall-b"))),
+        (gateway, orjson.dumps(envelope("gw-1", 21))),  # the first again, in the same turn
+        (analyst, orjson.dumps(envelope("gw-1", 23))),
+        (gateway, orjson.dumps(envelope("gw-1", 24, form="text"))),
+    ]
+    before = len(log_records(pipeline.state_dir))
+
+    async def send_all() -> list[Outcome | BaseException]:
+        calls = [pipeline.ingest(principal, body, "http") for principal, body in items]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = asyncio.run(send_all())
+
+    assert isinstance(answers[1], MalformedBody), answers[1]
+    assert isinstance(answers[3], Forbidden) and answers[3].details.get("field") == "site", answers[3]
+    assert isinstance(answers[5], Forbidden), answers[5]
+    got = {i: a for i, a in enumerate(answers) if isinstance(a, Outcome)}
+    assert {i: (o.accepted, o.rejected, o.duplicate) for i, o in got.items()} == {
+        0: (10, 0, False),
+        2: (10, 0, False),
+        4: (0, 0, True),
+        6: (10, 0, False),
+    }
+    (rec,) = log_records(pipeline.state_dir)[before:]  # one record, one fsync for the whole turn
+    assert rec.parts == [
+        records.Part("gw-1", "hall-a", 21, 10),
+        records.Part("gw-2", "hall-b", 21, 10),
+        records.Part("gw-1", "hall-a", 24, 10),
+    ]
+    assert sample(pipeline.metrics, "ironwatch_ingest_group_batches_count", transport="http") == 1
+    assert sample(pipeline.metrics, "ironwatch_ingest_group_batches_sum", transport="http") == len(items)
+
+    # A lone request is a group of one, answered as before.
+    alone = asyncio.run(pipeline.ingest(gateway, orjson.dumps(envelope("gw-1", 25)), "http"))
+    assert (alone.accepted, alone.duplicate) == (10, False)
+    assert sample(pipeline.metrics, "ironwatch_ingest_group_batches_count", transport="http") == 2
+    assert pipeline.flush(30), pipeline.flush_error
+    assert lake_rows(pipeline.root_of("acme"), PER_BATCH_SQL) == [
+        ("gw-1", 21, 10, 10),
+        ("gw-1", 24, 10, 10),
+        ("gw-1", 25, 10, 10),
+        ("gw-2", 21, 10, 10),
+    ]
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    """The value of one sample in the pipeline's Prometheus registry."""
+    return metrics.registry.get_sample_value(name, labels)
 
 
 def test_a_group_of_one_batch_sent_many_times_is_stored_once(pipeline: Pipeline) -> None:

@@ -48,6 +48,14 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.group_batches = Histogram(
+            "ironwatch_ingest_group_batches",
+            "Batches admitted together in one decoding pass and one log record (concurrent HTTP "
+            "requests, a burst of MQTT messages)",
+            ["transport"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.lake_bytes_flushed = Counter(
             "ironwatch_lake_log_bytes_flushed", "Bytes of log segments turned into Parquet", registry=r
         )

@@ -1,8 +1,9 @@
 """The ingest pipeline every front door shares: authorise, validate, deduplicate, make durable, answer.
 
-``Pipeline.ingest`` (asyncio, for HTTP) and ``Pipeline.ingest_blocking`` (threads, for MQTT) run the
-same steps. A batch is acknowledged only after its record is in the write-ahead log and fsynced;
-the flusher writes it to the lake later, and recovery after a crash replays what was not flushed.
+``Pipeline.ingest`` (asyncio, for HTTP) and ``Pipeline.ingest_many`` (threads, for MQTT) run the
+same steps; HTTP requests that arrive together are admitted together, as MQTT groups are. A batch is
+acknowledged only after its record is in the write-ahead log and fsynced; the flusher writes it to
+the lake later, and recovery after a crash replays what was not flushed.
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ class Pipeline:
         self._compactor: lake.Compactor | None = None
         #: Processes that decode and check batches (``None``: all of it happens in this process).
         self._workers: WorkerPool | None = None
+        # HTTP batches waiting for the event loop's next turn, to be admitted as one group.
+        self._gathered: list[tuple[Principal, bytes, asyncio.Future[Outcome]]] = []
 
     # life cycle --------------------------------------------------------------------------------
     @property
@@ -377,31 +380,53 @@ class Pipeline:
         return Outcome(0, 0, True, [])
 
     async def ingest(self, principal: Principal, body: bytes, transport: str = "http") -> Outcome:
-        """Store one batch envelope for ``principal``'s tenant; answer once it is durable."""
-        written = self.ingest_blocking(principal, body, transport, may_register=True)
-        # A client that goes away must not cancel the write: the batch may already be durable.
-        return await asyncio.shield(asyncio.wrap_future(written))
+        """Store one batch envelope for ``principal``'s tenant; answer once it is durable.
 
-    def ingest_blocking(
-        self, principal: Principal, body: bytes, transport: str, *, may_register: bool = False
-    ) -> Future[Outcome]:
-        """Admit one batch and return a future that completes once it is durable (or a duplicate).
-
-        Invalid input raises at once; the ledger is updated by the write's own completion, whoever
-        waits for it, so a batch that became durable is always known as such.
+        The batch is admitted on the event loop's next turn, together with every other batch that
+        arrived in the meantime (under load, the requests whose bodies were read in one turn), so
+        concurrent requests share one decoding pass, one log record and one fsync as an MQTT group
+        does. Each is still checked, deduplicated and answered on its own; a lone request waits for
+        nothing but that turn.
         """
-        result: Future[Outcome] = Future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Outcome] = loop.create_future()
+        self._gathered.append((principal, body, answer))
+        if len(self._gathered) == 1:
+            loop.call_soon(self._admit_gathered, loop, transport)
+        # A client that goes away must not cancel the write: the batch may already be durable.
+        return await asyncio.shield(answer)
 
-        def answered(_: int, answer: Outcome | BaseException) -> None:
-            if isinstance(answer, BaseException):
-                result.set_exception(answer)
+    def _admit_gathered(self, loop: asyncio.AbstractEventLoop, transport: str) -> None:
+        """Admit the batches gathered on the event loop as one group; runs on the loop's thread."""
+        group, self._gathered = self._gathered, []
+        answers = [answer for _, _, answer in group]
+        loop_thread = threading.get_ident()
+
+        def settle(i: int, outcome: Outcome | BaseException) -> None:
+            if answers[i].done():  # never: each batch is answered once; kept so a bug cannot raise here
+                return
+            if isinstance(outcome, BaseException):
+                answers[i].set_exception(outcome)
             else:
-                result.set_result(answer)
+                answers[i].set_result(outcome)
 
-        (refused,) = self.ingest_many([(principal, body)], transport, answered, may_register=may_register)
-        if refused is not None:
-            raise refused
-        return result
+        def on_done(i: int, outcome: Outcome | BaseException) -> None:
+            # Duplicates are answered at once, on this thread; new batches on the log's thread.
+            if threading.get_ident() == loop_thread:
+                settle(i, outcome)
+            else:
+                loop.call_soon_threadsafe(settle, i, outcome)
+
+        try:
+            refusals = self.ingest_many(
+                [(principal, body) for principal, body, _ in group], transport, on_done, may_register=True
+            )
+        except Exception as exc:  # a bug: every waiting request gets the 500, none hangs
+            log.exception("ingest: a group of %d batches could not be admitted", len(group))
+            refusals = [exc] * len(group)
+        for i, refused in enumerate(refusals):
+            if refused is not None:
+                settle(i, refused)
 
     def ingest_many(
         self,
@@ -421,6 +446,7 @@ class Pipeline:
         counted and answered on its own.
         """
         call = _Call(items, transport, on_done, may_register, time.perf_counter(), [None] * len(items))
+        self.metrics.group_batches.labels(transport).observe(len(items))
         by_tenant: dict[str, list[int]] = {}
         for i, (principal, _) in enumerate(items):
             if principal.role in INGEST_ROLES:
