@@ -411,6 +411,7 @@ def test_ingest_many_writes_one_record_and_answers_each_batch(
         2: (0, True),
     }
     assert [r.parts for r in log_records(wal)[before + 1 :]] == [[records.Part("gw-1", "hall-a", 4, 10)]]
+    assert reached_the_worker(pipeline, groups=1)  # the first call's group; the second is too small
 
     assert pipeline.flush(30), pipeline.flush_error
     root = pipeline.root_of("acme")
@@ -472,6 +473,7 @@ def test_http_batches_sent_in_one_turn_of_the_loop_are_admitted_as_one_group(pip
     ]
     assert sample(pipeline.metrics, "ironwatch_ingest_group_batches_count", transport="http") == 1
     assert sample(pipeline.metrics, "ironwatch_ingest_group_batches_sum", transport="http") == len(items)
+    assert reached_the_worker(pipeline, groups=1)
 
     # A lone request is a group of one, answered as before.
     alone = asyncio.run(pipeline.ingest(gateway, orjson.dumps(envelope("gw-1", 25)), "http"))
@@ -484,6 +486,15 @@ def test_http_batches_sent_in_one_turn_of_the_loop_are_admitted_as_one_group(pip
         ("gw-1", 25, 10, 10),
         ("gw-2", 21, 10, 10),
     ]
+
+
+def reached_the_worker(pipeline: Pipeline, groups: int) -> bool:
+    """With ingest workers, ``groups`` groups were offered to them; without, none could be."""
+    offered = sum(
+        sample(pipeline.metrics, "ironwatch_ingest_worker_groups_total", path=path) or 0.0
+        for path in ("prepared", "trimmed", "unavailable")
+    )
+    return offered == (groups if pipeline.settings.ingest.workers else 0)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -513,16 +524,47 @@ def test_each_tenant_of_a_group_gets_its_own_record(pipeline: Pipeline, lab: Lab
             (beta, orjson.dumps(envelope("gw-1", 1))),  # the same gateway and batch, another tenant
             (acme, orjson.dumps(envelope("gw-2", 1, site="hall-b"))),
             (beta, orjson.dumps(envelope("gw-1", 2, n=3))),
+            (acme, orjson.dumps(envelope("gw-1", 2, n=4))),
+            (beta, orjson.dumps(envelope("gw-1", 3, n=5))),
+            (acme, orjson.dumps(envelope("gw-2", 2, site="hall-b", n=6))),
+            (beta, orjson.dumps(envelope("gw-1", 4, n=7))),
         ],
     )
-    assert [o.duplicate for o in outcomes(answers).values()] == [False] * 4
+    assert [o.duplicate for o in outcomes(answers).values()] == [False] * 8
     assert sorted((r.tenant, r.parts) for r in log_records(pipeline.state_dir)[before:]) == [
-        ("acme", [records.Part("gw-1", "hall-a", 1, 10), records.Part("gw-2", "hall-b", 1, 10)]),
-        ("beta", [records.Part("gw-1", "hall-a", 1, 10), records.Part("gw-1", "hall-a", 2, 3)]),
+        (
+            "acme",
+            [
+                records.Part("gw-1", "hall-a", 1, 10),
+                records.Part("gw-2", "hall-b", 1, 10),
+                records.Part("gw-1", "hall-a", 2, 4),
+                records.Part("gw-2", "hall-b", 2, 6),
+            ],
+        ),
+        (
+            "beta",
+            [
+                records.Part("gw-1", "hall-a", 1, 10),
+                records.Part("gw-1", "hall-a", 2, 3),
+                records.Part("gw-1", "hall-a", 3, 5),
+                records.Part("gw-1", "hall-a", 4, 7),
+            ],
+        ),
     ]
+    assert reached_the_worker(pipeline, groups=2)
     assert pipeline.flush(30), pipeline.flush_error
-    assert lake_rows(pipeline.root_of("acme"), PER_BATCH_SQL) == [("gw-1", 1, 10, 10), ("gw-2", 1, 10, 10)]
-    assert lake_rows(pipeline.root_of("beta"), PER_BATCH_SQL) == [("gw-1", 1, 10, 10), ("gw-1", 2, 3, 3)]
+    assert lake_rows(pipeline.root_of("acme"), PER_BATCH_SQL) == [
+        ("gw-1", 1, 10, 10),
+        ("gw-1", 2, 4, 4),
+        ("gw-2", 1, 10, 10),
+        ("gw-2", 2, 6, 6),
+    ]
+    assert lake_rows(pipeline.root_of("beta"), PER_BATCH_SQL) == [
+        ("gw-1", 1, 10, 10),
+        ("gw-1", 2, 3, 3),
+        ("gw-1", 3, 5, 5),
+        ("gw-1", 4, 7, 7),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -545,10 +587,15 @@ def test_a_timestamp_beyond_int64_in_a_group_goes_to_quarantine_and_the_others_a
             (gateway, orjson.dumps(envelope("gw-1", 20))),
             (gateway, far_away),
             (gateway, orjson.dumps(envelope("gw-2", 20, site="hall-b"))),
+            (gateway, orjson.dumps(envelope("gw-2", 21, site="hall-b", n=3))),
         ],
     )
     got = outcomes(answers)
-    assert {i: (got[i].accepted, got[i].rejected) for i in (0, 2)} == {0: (10, 0), 2: (10, 0)}
+    assert {i: (got[i].accepted, got[i].rejected) for i in (0, 2, 3)} == {
+        0: (10, 0),
+        2: (10, 0),
+        3: (3, 0),
+    }
     if isinstance(answers[1], Exception):
         raise answers[1]  # refused instead of naming the reading
     assert (got[1].accepted, got[1].rejected) == (1, 1)
@@ -558,7 +605,9 @@ def test_a_timestamp_beyond_int64_in_a_group_goes_to_quarantine_and_the_others_a
         ("gw-1", 20, 10, 10),
         ("gw-1", 21, 1, 1),
         ("gw-2", 20, 10, 10),
+        ("gw-2", 21, 3, 3),
     ]
+    assert reached_the_worker(pipeline, groups=1)
 
 
 def test_an_old_format_log_left_by_a_crash_is_recovered_by_the_new_pipeline(lab: Lab) -> None:
