@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from lakefiles import ALL_READINGS, readings, write
+from prometheus_client import CollectorRegistry
 
 from ironwatch import lake
 from ironwatch.errors import QueryError
@@ -216,3 +217,38 @@ def test_idle_sandboxes_are_bounded_and_closed(tmp_path: Path) -> None:
     with lake.Pool(idle=0) as pool:
         count(roots[0], pool)
         assert pool.idle_count() == 0
+
+
+def test_the_pool_counts_queries_by_outcome_and_serves_them_to_prometheus(tmp_path: Path) -> None:
+    root = tenant(tmp_path, "acme", ("s-1",))
+    registry = CollectorRegistry()
+    with lake.Pool(idle=4, idle_per_root=2) as pool:
+        lake.pool.watch(registry, pool)
+        for _ in range(3):
+            assert count(root, pool) == 1000
+        with pytest.raises(QueryError):
+            lake.query.run(root, "SELECT nope FROM readings", pool=pool)
+        with pytest.raises(QueryError, match="time limit"):
+            lake.query.run(root, LONG, timeout_s=0.3, pool=pool)
+
+        def sample(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, labels)
+
+        assert {o: sample("ironwatch_query_count", outcome=o) for o in lake.pool.OUTCOMES} == {
+            "ok": 3,
+            "error": 1,
+            "stopped": 1,
+            "failed": 0,
+        }
+        stopped_s = sample("ironwatch_query_sum", outcome="stopped")
+        assert stopped_s is not None and 0.3 <= stopped_s < 10
+        assert sample("ironwatch_query_sandboxes_created_total") == 1  # the stopped one is replaced later
+        assert sample("ironwatch_query_sandboxes_discarded_total") == 1
+        assert sample("ironwatch_query_sandboxes_idle") == 0
+        assert sample("ironwatch_query_sandboxes_in_use") == 0
+        with lake.query.stream(root, COUNT, pool=pool) as answer:
+            assert sample("ironwatch_query_sandboxes_in_use") == 1
+            list(answer)
+        assert sample("ironwatch_query_sandboxes_in_use") == 0
+        assert sample("ironwatch_query_sandboxes_created_total") == 2
+        assert sample("ironwatch_query_sandboxes_idle") == 1

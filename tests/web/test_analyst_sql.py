@@ -9,6 +9,7 @@ both by ``POST /api/v1/query`` and by a query job.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,3 +348,19 @@ def test_a_tenant_with_too_many_jobs_under_way_gets_429(world: World) -> None:
         finally:
             for job_id in ids:
                 c.delete(f"/api/v1/queries/{job_id}")
+
+
+def test_metrics_count_queries_by_outcome(world: World) -> None:
+    def counted() -> dict[str, float]:
+        text = httpx.get(f"{world.server.url}/metrics").text
+        found = re.findall(r'^ironwatch_query_count\{outcome="(\w+)"\} (\S+)$', text, re.MULTILINE)
+        return {outcome: float(n) for outcome, n in found}
+
+    before = counted()
+    assert set(before) == {"ok", "error", "stopped", "failed"}
+    with world.analyst() as c:
+        assert query(c, "SELECT count(*) FROM readings").status_code == 200
+        assert_error(query(c, "SELECT nope FROM readings"), 400, "query")
+        assert_error(query(c, SLOW), 400, "query")
+    after = counted()
+    assert {o: after[o] - before[o] for o in after} == {"ok": 1, "error": 1, "stopped": 1, "failed": 0}

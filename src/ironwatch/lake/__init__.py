@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ironwatch.lazy import exports
 
 if TYPE_CHECKING:
-    from ironwatch.lake import compaction, jobs, query, rebuild, rollup, series
+    from ironwatch.lake import compaction, jobs, pool, query, rebuild, rollup, series
     from ironwatch.lake.compactor import Compactor
     from ironwatch.lake.journal import visible_files
     from ironwatch.lake.layout import (
@@ -31,6 +31,7 @@ __all__ = [
     "compaction",
     "jobs",
     "open_root",
+    "pool",
     "quarantine_path",
     "query",
     "readings_path",
@@ -45,7 +46,7 @@ __all__ = [
 __getattr__ = exports(
     __name__,
     {
-        **{name: name for name in ("compaction", "jobs", "query", "rebuild", "rollup", "series")},
+        **{name: name for name in ("compaction", "jobs", "pool", "query", "rebuild", "rollup", "series")},
         "Compactor": "compactor",
         "visible_files": "journal",
         **{

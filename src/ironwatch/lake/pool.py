@@ -15,6 +15,9 @@ Memory: a sandbox holds at most ``query.memory_limit`` while a query runs. Idle 
 parsed footers (~6 MB for a week of one 550 x 17 site; ~40 MiB of the process in all, measured);
 at most ``idle`` of them are kept (``idle_per_root`` of one root), each for at most ``idle_s``.
 Under load more sandboxes are made, one per query running, and closed when they are given back.
+
+What the pool did is counted (:class:`Figures`) and served at ``/metrics`` by :class:`PoolCollector`:
+queries by outcome and their time, sandboxes made, in use, idle and thrown away.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from contextlib import contextmanager
 from types import TracebackType
 
 import pyarrow as pa
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from ironwatch.errors import IronwatchError
 from ironwatch.lake.root import Root
@@ -41,6 +46,21 @@ class Key:
     memory_limit: str
     threads: int
     is_profiled: bool
+
+
+#: How a lease ended: the query answered, was refused with an error of ours (bad SQL, too many
+#: rows), was stopped (cancelled or over its time limit), or failed otherwise.
+OUTCOMES = ("ok", "error", "stopped", "failed")
+
+
+@dataclasses.dataclass
+class Figures:
+    """What a pool has done since it started (read under the pool's lock)."""
+
+    queries: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    seconds: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0.0))
+    in_use: int = 0
+    discarded: int = 0
 
 
 class Lease:
@@ -70,6 +90,7 @@ class Pool:
         self.is_closed = False
         self._lock = threading.Lock()
         self._idle: dict[Key, list[Sandbox]] = {}
+        self._figures = Figures()
 
     def __enter__(self) -> Pool:
         return self
@@ -100,23 +121,44 @@ class Pool:
         (when the block failed unexpectedly, :attr:`Lease.is_spoiled` was set, or the pool is full).
         """
         key = Key(root.url, memory_limit, self.threads, is_profiled)
-        box = self._take(key)
-        if box is None:
-            box = Sandbox(root, memory_limit=memory_limit, threads=self.threads, is_profiled=is_profiled)
-            with self._lock:
-                self.created += 1
-        lease = Lease(box)
-        is_kept = False
+        started = time.monotonic()
+        with self._lock:
+            self._figures.in_use += 1
+        outcome = "failed"
         try:
-            box.prepare(root, sql, tables)
-            yield lease
-            is_kept = not lease.is_spoiled
-        except IronwatchError:
-            # An answer of ours (a SQL error, a row limit): DuckDB itself was not disturbed.
-            is_kept = not lease.is_spoiled
-            raise
+            box = self._take(key)
+            if box is None:
+                box = Sandbox(root, memory_limit=memory_limit, threads=self.threads, is_profiled=is_profiled)
+                with self._lock:
+                    self.created += 1
+            lease = Lease(box)
+            is_kept = False
+            try:
+                box.prepare(root, sql, tables)
+                yield lease
+                is_kept = not lease.is_spoiled
+                outcome = "ok"
+            except IronwatchError:
+                # An answer of ours (a SQL error, a row limit): DuckDB itself was not disturbed.
+                is_kept = not lease.is_spoiled
+                outcome = "error"
+                raise
+            finally:
+                if lease.is_spoiled:
+                    outcome = "stopped"
+                self._give_back(key, box, is_kept)
         finally:
-            self._give_back(key, box, is_kept)
+            with self._lock:
+                figures = self._figures
+                figures.in_use -= 1
+                figures.queries[outcome] += 1
+                figures.seconds[outcome] += time.monotonic() - started
+
+    def figures(self) -> Figures:
+        """A copy of what the pool has done so far."""
+        with self._lock:
+            f = self._figures
+            return Figures(dict(f.queries), dict(f.seconds), f.in_use, f.discarded)
 
     def _take(self, key: Key) -> Sandbox | None:
         stale: list[Sandbox] = []
@@ -144,6 +186,8 @@ class Pool:
                 is_kept = False
         closing = [] if is_kept else [box]
         with self._lock:
+            if not is_kept and self.idle > 0 and self.idle_per_root > 0 and not self.is_closed:
+                self._figures.discarded += 1  # thrown away, not for want of room
             if is_kept and not self.is_closed:  # the pool may have closed meanwhile
                 boxes = self._idle.setdefault(key, [])
                 boxes.append(box)
@@ -172,3 +216,46 @@ class Pool:
             self._idle.clear()
         for box in boxes:
             box.close()
+
+
+class PoolCollector(Collector):
+    """Serves a :class:`Pool`'s figures at ``/metrics``."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | SummaryMetricFamily]:
+        """The pool's figures now."""
+        pool, figures = self.pool, self.pool.figures()
+        queries = SummaryMetricFamily(
+            "ironwatch_query",
+            "Analysts' SQL queries (API and query jobs) by outcome: ok, error (bad SQL, too "
+            "many rows), stopped (cancelled or over the time limit), failed; and their seconds",
+            labels=["outcome"],
+        )
+        for outcome in OUTCOMES:
+            queries.add_metric([outcome], figures.queries[outcome], figures.seconds[outcome])
+        yield queries
+        yield GaugeMetricFamily(
+            "ironwatch_query_sandboxes_in_use", "Sandboxed DuckDBs running a query now", value=figures.in_use
+        )
+        yield GaugeMetricFamily(
+            "ironwatch_query_sandboxes_idle",
+            "Sandboxed DuckDBs kept open between queries",
+            value=pool.idle_count(),
+        )
+        yield CounterMetricFamily(
+            "ironwatch_query_sandboxes_created",
+            "Sandboxed DuckDBs opened (the rest reused one)",
+            value=pool.created,
+        )
+        yield CounterMetricFamily(
+            "ironwatch_query_sandboxes_discarded",
+            "Sandboxed DuckDBs closed after a query was stopped or failed, instead of being kept",
+            value=figures.discarded,
+        )
+
+
+def watch(registry: CollectorRegistry, pool: Pool) -> None:
+    """Serve ``pool``'s figures from ``registry``."""
+    registry.register(PoolCollector(pool))

@@ -53,6 +53,7 @@ class Services:
             idle_per_root=int(settings.query.idle_sandboxes_per_tenant),
             idle_s=float(settings.query.idle_sandbox_s),
         )
+        lake.pool.watch(metrics.registry, services.sandboxes)
         services.jobs = lake.jobs.Runner(
             settings,
             store,
