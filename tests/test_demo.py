@@ -132,6 +132,23 @@ def test_demo_runs_a_gateway_through_outages_and_backfills_once(tmp_path: Path) 
     history_ms = [int(part) for part in (outbox.note("backfill_range") or "").split(",")]
     outbox.close()
     assert counts.buffered == counts.dropped == counts.dead_lettered == 0, counts
+    # The banner's command for the gateway's counts gives the same figures.
+    (shown,) = [line for _, line in again.lines if " gateway status --outbox " in line]
+    words = shown.split("#")[0].split()
+    assert (
+        words[1:4] == ["gateway", "status", "--outbox"]
+        and Path(words[4]) == data_dir / "gateway" / "outbox.db"
+    )
+    status = subprocess.run(
+        [sys.executable, "-m", "ironwatch.cli", *words[1:], "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    got, want = json.loads(status.stdout), counts.to_dict()
+    del want["oldest_buffered_ms"]  # shown as oldest_buffered_ts: "-" (nothing buffered)
+    assert {k: got[k] for k in want} == want and got["oldest_buffered_ts"] == "-", got
     server = Server(data_dir).start()
     try:
         with server.client(new_key) as client:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -225,3 +226,57 @@ def test_counts_read_while_batches_are_added_and_acknowledged(tmp_path: Path) ->
     assert errors == []
     counts = box.counts()
     assert (counts.sampled, counts.acknowledged, counts.buffered) == (rounds * 200, rounds * 200, 0)
+
+
+def status(*args: str) -> subprocess.CompletedProcess[str]:
+    """``ironwatch gateway status ARGS --json``."""
+    cmd = [sys.executable, "-m", "ironwatch.cli", "gateway", "status", *args, "--json"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_status_reads_an_outbox_by_its_path_or_through_the_config(tmp_path: Path) -> None:
+    """``--outbox`` serves a gateway without a config file of its own (the demo's)."""
+    box = open_outbox(tmp_path / "outbox.db", gateway="gw-9", site="hall-z", max_bytes=64 << 20)
+    box.add(readings(1500))
+    box.form_batches(1000, max_age_s=60, now_ms=T0)
+    box.acknowledge(box.next_batches(1))
+    (tmp_path / "gateway.toml").write_text(
+        '[gateway]\nid = "gw-9"\nsite = "hall-z"\n[uplink]\nurl = "http://127.0.0.1:9"\nkey = "k"\n'
+        '[buffer]\npath = "outbox.db"\n[metrics]\nport = 0\n'
+        '[[sources]]\ntype = "simulator"\nsensors = 1\n'
+    )
+    # Read by another process while this one still holds the outbox open, as with a running gateway.
+    by_path = status("--outbox", str(tmp_path / "outbox.db"))
+    by_config = status("--config", str(tmp_path / "gateway.toml"))
+    box.close()
+    assert by_path.returncode == 0 and by_config.returncode == 0, (by_path.stderr, by_config.stderr)
+    counts, via_config = orjson.loads(by_path.stdout), orjson.loads(by_config.stdout)
+    assert (counts["sampled"], counts["acknowledged"], counts["buffered"]) == (1500, 1000, 500)
+    assert counts["is_running"] is None and via_config["is_running"] is False
+    assert {k: v for k, v in counts.items() if k != "is_running"} == {
+        k: v for k, v in via_config.items() if k != "is_running"
+    }
+    text = subprocess.run(
+        [sys.executable, "-m", "ironwatch.cli", "gateway", "status", "--outbox", str(tmp_path / "outbox.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert text.startswith(f"gateway gw-9 (site hall-z), outbox {tmp_path / 'outbox.db'}\n"), text
+    assert "is_running           unknown" in text
+
+
+@pytest.mark.parametrize("what", ["missing", "text", "another sqlite"])
+def test_status_of_a_path_that_is_no_outbox_is_one_clear_error(tmp_path: Path, what: str) -> None:
+    path = tmp_path / "outbox.db"
+    if what == "text":
+        path.write_text("not a database\n" * 100)
+    elif what == "another sqlite":
+        sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+    answer = status("--outbox", str(path))
+    assert answer.returncode != 0 and "Traceback" not in answer.stderr, answer.stderr
+    assert ("does not exist" if what == "missing" else "is not a gateway outbox") in answer.stderr
+    assert what != "missing" or not path.exists()  # looking did not create it
+    if what == "text":
+        assert path.read_text() == "not a database\n" * 100  # nor change it

@@ -74,6 +74,7 @@ def banner(facts: Facts) -> str:
             "    $IRONWATCH_URL/api/v1/query",
             f'  {cmd} query "{hot}"',
             f'  {cmd} query "SELECT count(*) AS readings, count(DISTINCT sensor) AS sensors FROM readings"',
+            f"  {cmd} gateway status --outbox {outbox}    # the gateway's counts",
             f"  head -3 {outbox.parent / 'simulator-faults.jsonl'}    # the injected faults (ground truth)",
             "  curl -s $IRONWATCH_URL/metrics | grep '^ironwatch_readings.*_total'",
             f"  API documentation: {facts.url}/api/v1/docs",

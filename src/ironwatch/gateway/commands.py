@@ -67,7 +67,13 @@ def register(sub: Any) -> None:
     check.set_defaults(handler=cmd_check)
 
     status = gsub.add_parser("status", help="print a gateway's counts from its outbox")
-    status.add_argument("--config", type=Path, required=True)
+    which = status.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", type=Path, help="the gateway's gateway.toml")
+    which.add_argument(
+        "--outbox",
+        type=Path,
+        help="the outbox file itself (buffer.path), e.g. DATA_DIR/gateway/outbox.db of ironwatch demo",
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
 
@@ -199,22 +205,30 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Print sampled, sent, acknowledged, buffered, dropped and dead-lettered counts."""
     from ironwatch.gateway.agent import iso
-    from ironwatch.gateway.outbox import open_outbox
+    from ironwatch.gateway.outbox import identity, open_outbox
 
-    config = _load(args)
-    if not config.buffer_path.exists():
-        raise ConfigError("buffer.path", f"{config.buffer_path} does not exist yet: the gateway has not run")
-    outbox = open_outbox(
-        config.buffer_path, gateway=config.gateway, site=config.site, max_bytes=config.buffer_max_bytes
-    )
-    counts = outbox.counts().to_dict()
+    config: gwconfig.GatewayConfig | None = None
+    if args.outbox is not None:
+        path = args.outbox
+        gateway, site = identity(path)
+    else:
+        config = _load(args)
+        path, gateway, site = config.buffer_path, config.gateway, config.site
+        if not path.exists():
+            raise ConfigError("buffer.path", f"{path} does not exist yet: the gateway has not run")
+    max_bytes = config.buffer_max_bytes if config is not None else gwconfig.GatewayConfig.buffer_max_bytes
+    outbox = open_outbox(path, gateway=gateway, site=site, max_bytes=max_bytes)
+    counts: dict[str, Any] = dict(outbox.counts().to_dict())
     outbox.close()
     counts["oldest_buffered_ts"] = iso(counts.pop("oldest_buffered_ms")) or "-"
-    counts["is_running"] = _is_running(config)
+    # Whether it runs is asked of its metrics endpoint, whose address only the config knows.
+    counts["is_running"] = _is_running(config) if config is not None else None
     if args.json:
         print(json.dumps(counts))
         return 0
-    print(f"gateway {config.gateway} (site {config.site}), outbox {config.buffer_path}")
+    print(f"gateway {gateway} (site {site}), outbox {path}")
+    if counts["is_running"] is None:
+        counts["is_running"] = "unknown (give --config to ask its metrics endpoint)"
     for key, value in counts.items():
         print(
             f"  {key:<20} {value:,}"

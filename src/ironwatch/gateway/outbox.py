@@ -426,6 +426,23 @@ def _counter(conn: sqlite3.Connection, name: str) -> int:
     return int(row[0])
 
 
+def identity(path: Path) -> tuple[str, str]:
+    """The ``(gateway, site)`` an existing outbox belongs to, read without changing the file."""
+    if not path.is_file():
+        raise OutboxError(f"outbox {path} does not exist")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+        try:
+            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise OutboxError(f"{path} is not a gateway outbox: {exc}") from exc
+    if not rows.get("gateway") or not rows.get("site"):
+        raise OutboxError(f"{path} is not a gateway outbox: it names no gateway")
+    return str(rows["gateway"]), str(rows["site"])
+
+
 def open_outbox(path: Path, *, gateway: str, site: str, max_bytes: int) -> Outbox:
     """Open (or create) the outbox at ``path``; ``max_bytes`` must leave room for a few batches."""
     if max_bytes < 1 << 20:
