@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import sys
 
@@ -33,6 +34,11 @@ async def serve_async(settings: Settings, on_ready: object = None) -> None:
         raise
     try:
         app = create_app(settings, services, services_started=True)
+        # What is alive now (modules, the app, caches: ~100k objects) lives as long as the server.
+        # Frozen, the garbage collector no longer walks it on every full collection: those took
+        # ~80 ms each under the ingest benchmark (two per 4M readings, each a pause in every
+        # acknowledgement), ~9 ms once frozen.
+        gc.freeze()
         await _serve(settings, app, listener, on_ready)
     finally:
         services.stop()  # already done by the app's shutdown, unless uvicorn never got that far
