@@ -50,10 +50,11 @@ class Metrics:
         )
         self.group_batches = Histogram(
             "ironwatch_ingest_group_batches",
-            "Batches admitted together in one decoding pass and one log record (concurrent HTTP "
-            "requests, a burst of MQTT messages)",
+            "Batches handed to the pipeline together (a burst of MQTT messages, HTTP requests read "
+            "in one turn of the event loop), refused ones included; the new batches of each tenant "
+            "in a group are decoded in one pass and written as one log record",
             ["transport"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=r,
         )
         self.lake_bytes_flushed = Counter(

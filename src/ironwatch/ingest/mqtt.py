@@ -467,6 +467,7 @@ class Subscriber:
             TRANSPORT,
             partial(self._answered, group),
             may_register=False,
+            may_offload=True,
         )
         for queued, refused in zip(group, refusals, strict=True):
             if isinstance(refused, IronwatchError):

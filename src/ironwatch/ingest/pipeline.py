@@ -9,6 +9,7 @@ the lake later, and recovery after a crash replays what was not flushed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -48,6 +49,11 @@ INGEST_ROLES = frozenset({Role.GATEWAY, Role.ADMIN})
 #: ingest over HTTP with 4 clients: 696k readings/s in process, 599k through two workers), while
 #: the groups of a busy MQTT stream gain from the second core.
 WORKER_MIN_GROUP = 4
+#: At most this many HTTP batches, or this many bytes of them (a lone batch of any size passes), are
+#: admitted as one group: what one turn of the event loop read is split beyond that, so a burst of
+#: large requests is not one huge log record.
+HTTP_GROUP_MAX_BATCHES = 512
+HTTP_GROUP_MAX_BYTES = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +85,17 @@ class _Call:
     may_register: bool
     started: float
     refused: list[Exception | None]
+    #: Per batch: answered, or claimed for a write that will answer it (so it is not refused too).
+    taken: list[bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Waiting:
+    """An HTTP batch waiting for its event loop's next turn, and the future of its answer."""
+
+    principal: Principal
+    body: bytes
+    answer: asyncio.Future[Outcome]
 
 
 def _trimmed(rec: records.Record, heads: list[Head], keep: list[bool]) -> records.Record:
@@ -154,8 +171,9 @@ class Pipeline:
         self._compactor: lake.Compactor | None = None
         #: Processes that decode and check batches (``None``: all of it happens in this process).
         self._workers: WorkerPool | None = None
-        # HTTP batches waiting for the event loop's next turn, to be admitted as one group.
-        self._gathered: list[tuple[Principal, bytes, asyncio.Future[Outcome]]] = []
+        # HTTP batches waiting for their event loop's next turn, to be admitted as one group (by
+        # loop and transport: only that loop's thread touches its list).
+        self._gathered: dict[tuple[asyncio.AbstractEventLoop, str], list[_Waiting]] = {}
 
     # life cycle --------------------------------------------------------------------------------
     @property
@@ -390,38 +408,59 @@ class Pipeline:
         """
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Outcome] = loop.create_future()
-        self._gathered.append((principal, body, answer))
-        if len(self._gathered) == 1:
+        waiting = self._gathered.get((loop, transport))
+        if waiting is None:
+            waiting = self._gathered[(loop, transport)] = []
             loop.call_soon(self._admit_gathered, loop, transport)
+        waiting.append(_Waiting(principal, body, answer))
         # A client that goes away must not cancel the write: the batch may already be durable.
         return await asyncio.shield(answer)
 
     def _admit_gathered(self, loop: asyncio.AbstractEventLoop, transport: str) -> None:
-        """Admit the batches gathered on the event loop as one group; runs on the loop's thread."""
-        group, self._gathered = self._gathered, []
-        answers = [answer for _, _, answer in group]
+        """Admit the batches gathered on ``loop`` in groups; runs on the loop's thread.
+
+        Never through an ingest worker: waiting for one would stop the event loop, and with it
+        every other request.
+        """
+        waiting = self._gathered.pop((loop, transport), [])
+        group: list[_Waiting] = []
+        size = 0
+        for one in waiting:
+            if group and (
+                len(group) >= HTTP_GROUP_MAX_BATCHES or size + len(one.body) > HTTP_GROUP_MAX_BYTES
+            ):
+                self._admit_waiting(loop, transport, group)
+                group, size = [], 0
+            group.append(one)
+            size += len(one.body)
+        if group:
+            self._admit_waiting(loop, transport, group)
+
+    def _admit_waiting(self, loop: asyncio.AbstractEventLoop, transport: str, group: list[_Waiting]) -> None:
         loop_thread = threading.get_ident()
 
         def settle(i: int, outcome: Outcome | BaseException) -> None:
-            if answers[i].done():  # never: each batch is answered once; kept so a bug cannot raise here
+            answer = group[i].answer
+            if answer.done():  # only after a bug answered it already (see the except below)
                 return
             if isinstance(outcome, BaseException):
-                answers[i].set_exception(outcome)
+                answer.set_exception(outcome)
             else:
-                answers[i].set_result(outcome)
+                answer.set_result(outcome)
 
         def on_done(i: int, outcome: Outcome | BaseException) -> None:
             # Duplicates are answered at once, on this thread; new batches on the log's thread.
             if threading.get_ident() == loop_thread:
                 settle(i, outcome)
-            else:
-                loop.call_soon_threadsafe(settle, i, outcome)
+            elif not loop.is_closed():  # else no one waits any more (as asyncio.wrap_future does)
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    loop.call_soon_threadsafe(settle, i, outcome)
 
         try:
             refusals = self.ingest_many(
-                [(principal, body) for principal, body, _ in group], transport, on_done, may_register=True
+                [(one.principal, one.body) for one in group], transport, on_done, may_register=True
             )
-        except Exception as exc:  # a bug: every waiting request gets the 500, none hangs
+        except Exception as exc:  # a bug: the requests not answered yet get the 500, none hangs
             log.exception("ingest: a group of %d batches could not be admitted", len(group))
             refusals = [exc] * len(group)
         for i, refused in enumerate(refusals):
@@ -435,18 +474,21 @@ class Pipeline:
         on_done: Callable[[int, Outcome | BaseException], None],
         *,
         may_register: bool = False,
+        may_offload: bool = False,
     ) -> list[Exception | None]:
         """Admit several batches together; per batch, why it was refused, or ``None`` if admitted.
 
         Every admitted batch ``i`` is answered once with ``on_done(i, outcome)`` when it is durable
         (or found a duplicate, perhaps before this returns), or ``on_done(i, error)`` if it could not
-        be made durable. The batches of one tenant are checked in one pass (by an ingest worker when
-        there are any) and written as one log record, so a stream of small MQTT messages costs one
-        record and one fsync per group instead of per message; each batch is still deduplicated,
-        counted and answered on its own.
+        be made durable. The batches of one tenant are checked in one pass and written as one log
+        record, so a stream of small MQTT messages costs one record and one fsync per group instead
+        of per message; each batch is still deduplicated, counted and answered on its own. With
+        ``may_offload`` (a thread that may wait), an ingest worker does the checking when there are
+        any.
         """
-        call = _Call(items, transport, on_done, may_register, time.perf_counter(), [None] * len(items))
-        self.metrics.group_batches.labels(transport).observe(len(items))
+        n = len(items)
+        call = _Call(items, transport, on_done, may_register, time.perf_counter(), [None] * n, [False] * n)
+        self.metrics.group_batches.labels(transport).observe(n)
         by_tenant: dict[str, list[int]] = {}
         for i, (principal, _) in enumerate(items):
             if principal.role in INGEST_ROLES:
@@ -454,10 +496,16 @@ class Pipeline:
             else:
                 call.refused[i] = Forbidden(f"the {principal.role.value} role may not send readings")
         for tenant, indexes in by_tenant.items():
-            if self._workers is not None and len(indexes) >= WORKER_MIN_GROUP:
-                indexes = self._admit_prepared(tenant, indexes, call)
-            if indexes:
-                self._admit_here(tenant, indexes, call)
+            try:
+                if may_offload and self._workers is not None and len(indexes) >= WORKER_MIN_GROUP:
+                    indexes = self._admit_prepared(tenant, indexes, call)
+                if indexes:
+                    self._admit_here(tenant, indexes, call)
+            except Exception as exc:  # a bug: it costs this tenant's batches not yet taken, no others
+                log.exception("ingest: %d batches of tenant %s could not be admitted", len(indexes), tenant)
+                for i in by_tenant[tenant]:
+                    if call.refused[i] is None and not call.taken[i]:
+                        call.refused[i] = exc
         return call.refused
 
     def _reserve(self, call: _Call, i: int, gateway: str, site: str, batch: int) -> Key | None:
@@ -475,13 +523,17 @@ class Pipeline:
         key = (principal.tenant, gateway, batch)
         state, pending = self.ledger.reserve(key)
         if state == "duplicate":
+            outcome = self._duplicate(call.transport)
+            call.taken[i] = True
+            call.on_done(i, outcome)
             self.health.contact(principal.tenant, gateway, site)
-            call.on_done(i, self._duplicate(call.transport))
             return None
         if state == "in_flight":
             assert pending is not None
             pending.add_done_callback(partial(self._after_other, call.on_done, i, call.transport))
+            call.taken[i] = True
             return None
+        call.taken[i] = True  # claimed: the caller writes it, or releases and answers it (_fail)
         return key
 
     def _admit_here(self, tenant: str, indexes: list[int], call: _Call) -> None:
@@ -490,15 +542,19 @@ class Pipeline:
             [call.items[i][1] for i in indexes], max_readings=int(self.settings.ingest.max_readings)
         )
         fresh: list[tuple[int, Key, Decoded]] = []
-        for i, decoded in zip(indexes, decoded_all, strict=True):
-            if isinstance(decoded, Exception):
-                if isinstance(decoded, IronwatchError):
-                    self.metrics.batches.labels(call.transport, "invalid").inc()
-                call.refused[i] = decoded
-                continue
-            key = self._reserve(call, i, decoded.gateway, decoded.site, decoded.batch)
-            if key is not None:
-                fresh.append((i, key, decoded))
+        try:
+            for i, decoded in zip(indexes, decoded_all, strict=True):
+                if isinstance(decoded, Exception):
+                    if isinstance(decoded, IronwatchError):
+                        self.metrics.batches.labels(call.transport, "invalid").inc()
+                    call.refused[i] = decoded
+                    continue
+                key = self._reserve(call, i, decoded.gateway, decoded.site, decoded.batch)
+                if key is not None:
+                    fresh.append((i, key, decoded))
+        except BaseException as exc:  # the claims made so far must not outlive this call
+            self._fail([(i, key) for i, key, _ in fresh], exc, call)
+            raise
         if fresh:
             self._write_group(tenant, fresh, call)
 
@@ -520,14 +576,18 @@ class Pipeline:
         left: list[int] = []
         fresh: list[tuple[int, Key, Head]] = []
         keep: list[bool] = []  # per part of the worker's record: is its batch new here
-        for i, head in zip(indexes, prepared.heads, strict=True):
-            if head is None:
-                left.append(i)
-                continue
-            key = self._reserve(call, i, head.gateway, head.site, head.batch)
-            keep.append(key is not None)
-            if key is not None:
-                fresh.append((i, key, head))
+        try:
+            for i, head in zip(indexes, prepared.heads, strict=True):
+                if head is None:
+                    left.append(i)
+                    continue
+                key = self._reserve(call, i, head.gateway, head.site, head.batch)
+                keep.append(key is not None)
+                if key is not None:
+                    fresh.append((i, key, head))
+        except BaseException as exc:  # the claims made so far must not outlive this call
+            self._fail([(i, key) for i, key, _ in fresh], exc, call)
+            raise
         group = [(i, key) for i, key, _ in fresh]
         outcomes = [Outcome(h.accepted, h.rejected, False, h.errors) for _, _, h in fresh]
         if fresh and all(keep):
@@ -588,10 +648,16 @@ class Pipeline:
         self._write(tenant, [(i, key) for i, key, _ in group], payload, parts, checked.good, outcomes, call)
 
     def _fail(self, group: list[tuple[int, Key]], error: BaseException, call: _Call) -> None:
-        for i, key in group:
+        """Release the claims of batches that will not be written; answer each with ``error``."""
+        for _, key in group:
             self.ledger.release(key, error)
-            if isinstance(error, Exception):
+        if not isinstance(error, Exception):
+            return
+        for i, _ in group:
+            try:
                 call.on_done(i, error)
+            except Exception:  # one answer that cannot be given must not keep the others back
+                log.exception("ingest: batch %d of a group could not be answered", i)
 
     def _write(
         self,
