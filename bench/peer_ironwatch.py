@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlencode
 
 TENANT = "bench"
 HERE = Path(__file__).resolve().parent
@@ -215,6 +216,29 @@ class IronwatchPeer:
         return got
 
     def query(self, sensor: str, metric: str, t0_ms: int, t1_ms: int) -> list[tuple[int, float]]:
+        """The mean per minute of one series: ``GET /api/v1/series`` at 1-minute resolution.
+
+        That is the route dashboards and the SDK use for this question; it answers from the per-minute
+        rollups. ``$IRONWATCH_PEER_QUERY=sql`` asks the same through analysts' SQL over the raw
+        readings instead.
+        """
+        if os.environ.get("IRONWATCH_PEER_QUERY") == "sql":
+            return self.query_sql(sensor, metric, t0_ms, t1_ms)
+        from workload import SITE
+
+        params = {"site": SITE, "sensor": sensor, "metric": metric, "start": t0_ms, "end": t1_ms}
+        headers = {"Authorization": f"Bearer {self.keys['analyst']}"}
+        r = self.pool.urlopen(
+            "GET", f"/api/v1/series?{urlencode({**params, 'resolution': '1m'})}", headers=headers
+        )
+        if r.status != 200:
+            raise RuntimeError(f"series answered {r.status}: {r.data[:300]!r}")
+        answer = json.loads(r.data)
+        return [(int(t), float(m)) for t, m in zip(answer["ts"], answer["mean"], strict=True)]
+
+    def query_sql(self, sensor: str, metric: str, t0_ms: int, t1_ms: int) -> list[tuple[int, float]]:
+        """The same question through ``POST /api/v1/query``: DuckDB over the raw readings."""
+
         def q(text: str) -> str:
             return "'" + text.replace("'", "''") + "'"
 
