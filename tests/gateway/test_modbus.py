@@ -277,7 +277,7 @@ def test_bad_register_maps_get_one_clear_line(change: dict[str, Any], setting: s
         ),
         (
             {"registers": [REGISTER], "interval_s": 0},
-            "setting sources[1].interval_s: expected a positive number of seconds, got 0",
+            "setting sources[1].interval_s: expected a number above 0 and at most 1000000, got 0",
         ),
         (
             {"registers": [REGISTER], "slave": 1},

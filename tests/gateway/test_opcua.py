@@ -186,7 +186,7 @@ def test_check_reads_every_node_once(plc: OpcUaPLC) -> None:
         ({"username": "gw"}, "sources[2].password: username and password go together"),
         (
             {"publishing_interval_ms": 0},
-            "sources[2].publishing_interval_ms: expected a positive number up to 3.6e+06, got 0",
+            "sources[2].publishing_interval_ms: expected a number above 0 and at most 3600000, got 0",
         ),
         (
             {"endpoint": "x"},

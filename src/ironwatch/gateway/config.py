@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ironwatch.errors import ConfigError
+from ironwatch.gateway import checks
 from ironwatch.gateway.source import Source
 from ironwatch.model import is_id
 
@@ -154,26 +155,29 @@ def parse(doc: Mapping[str, Any], base_dir: Path) -> GatewayConfig:
             raise ConfigError(
                 f"sources[{i}].type", f"unknown source type {table.get('type')!r} (expected one of {known})"
             )
-    buffer_path = base_dir / _text(buf, "buffer", "path", "outbox.db")
+    buffer_path = base_dir / checks.text(buf, "path", "buffer", "outbox.db")
     return GatewayConfig(
         gateway=gateway,
         site=site,
         uplink=uplink,
         buffer_path=buffer_path,
-        dead_letter_path=base_dir / _text(buf, "buffer", "dead_letter", f"{buffer_path.stem}-dead.jsonl"),
-        buffer_max_bytes=_number(buf, "buffer", "max_bytes", 1 << 30, int, low=1 << 20),
-        batch_max_readings=_number(batch, "batch", "max_readings", 5000, int, low=1, high=100_000),
-        batch_interval_s=_number(batch, "batch", "interval_s", 1.0, float, low=0.01),
-        heartbeat_interval_s=_number(gw, "gateway", "heartbeat_interval_s", 30.0, float, low=0.1),
-        metrics_host=_text(metrics, "metrics", "host", "127.0.0.1"),
-        metrics_port=_number(metrics, "metrics", "port", 9108, int, low=0, high=65535),
+        dead_letter_path=base_dir
+        / checks.text(buf, "dead_letter", "buffer", f"{buffer_path.stem}-dead.jsonl"),
+        buffer_max_bytes=checks.number(buf, "max_bytes", "buffer", 1 << 30, low=1 << 20, integer=True),
+        batch_max_readings=checks.number(
+            batch, "max_readings", "batch", 5000, low=1, high=100_000, integer=True
+        ),
+        batch_interval_s=checks.number(batch, "interval_s", "batch", 1.0, low=0.01),
+        heartbeat_interval_s=checks.number(gw, "heartbeat_interval_s", "gateway", 30.0, low=0.1),
+        metrics_host=checks.text(metrics, "host", "metrics", "127.0.0.1"),
+        metrics_port=checks.number(metrics, "port", "metrics", 9108, low=0, high=65535, integer=True),
         sources=tuple(sources),
         base_dir=base_dir,
     )
 
 
 def _uplink(up: Mapping[str, Any]) -> Uplink:
-    url = _text(up, "uplink", "url", None)
+    url = checks.text(up, "url", "uplink", None)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https", "mqtt", "mqtts") or not parts.hostname:
         raise ConfigError("uplink.url", f"{url!r}: expected http(s)://HOST:PORT or mqtt(s)://HOST:PORT")
@@ -183,10 +187,10 @@ def _uplink(up: Mapping[str, Any]) -> Uplink:
         tenant=up.get("tenant"),
         username=up.get("username"),
         password=up.get("password"),
-        timeout_s=_number(up, "uplink", "timeout_s", 10.0, float, low=0.1),
-        backoff_min_s=_number(up, "uplink", "backoff_min_s", 0.5, float, low=0.01),
-        backoff_max_s=_number(up, "uplink", "backoff_max_s", 30.0, float, low=0.01),
-        in_flight=_number(up, "uplink", "in_flight", 4, int, low=1, high=64),
+        timeout_s=checks.number(up, "timeout_s", "uplink", 10.0, low=0.1),
+        backoff_min_s=checks.number(up, "backoff_min_s", "uplink", 0.5, low=0.01),
+        backoff_max_s=checks.number(up, "backoff_max_s", "uplink", 30.0, low=0.01),
+        in_flight=checks.number(up, "in_flight", "uplink", 4, low=1, high=64, integer=True),
     )
     if uplink.is_mqtt:
         if not isinstance(uplink.tenant, str) or not is_id(uplink.tenant):
@@ -207,37 +211,6 @@ def _id(table: Mapping[str, Any], section: str, key: str) -> str:
             f"{section}.{key}", f"{value!r} is not an id (letters, digits, '.', '_', '-'; at most 64)"
         )
     return value
-
-
-def _text(table: Mapping[str, Any], section: str, key: str, default: str | None) -> str:
-    value = table.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            f"{section}.{key}", "expected a non-empty string" if key in table else "is required"
-        )
-    return value
-
-
-def _number(
-    table: Mapping[str, Any],
-    section: str,
-    key: str,
-    default: Any,
-    kind: type[int] | type[float],
-    *,
-    low: float | None = None,
-    high: float | None = None,
-) -> Any:
-    value = table.get(key, default)
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not is_number or (kind is int and not isinstance(value, int)):
-        raise ConfigError(
-            f"{section}.{key}", f"expected {'an integer' if kind is int else 'a number'}, got {value!r}"
-        )
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
-        raise ConfigError(f"{section}.{key}", f"{value} is out of range ({bounds})")
-    return kind(value)
 
 
 def with_sources(config: GatewayConfig, tables: list[dict[str, Any]]) -> GatewayConfig:

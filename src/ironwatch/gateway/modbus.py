@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from ironwatch.errors import ConfigError, MissingDependency
+from ironwatch.gateway import checks
 from ironwatch.gateway.registers import Block, Decoder, Register, parse_registers, plan_blocks
 from ironwatch.gateway.source import SourceUnavailable
 
@@ -209,25 +210,11 @@ def from_config(table: Mapping[str, Any], where: str, base_dir: Path) -> Modbus:
     host = table.get("host")
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{where}.host", "missing: the PLC's host name or address")
-    port = _int(table, "port", 502, 1, 65535, where)
-    unit = _int(table, "unit", 1, 0, 255, where)
-    interval_s = _positive(table, "interval_s", 1.0, where)
-    timeout_s = _positive(table, "timeout_s", 2.0, where)
+    port = checks.number(table, "port", where, 502, low=1, high=65535, integer=True)
+    unit = checks.number(table, "unit", where, 1, low=0, high=255, integer=True)
+    interval_s = checks.number(table, "interval_s", where, 1.0, above=0, high=1e6)
+    timeout_s = checks.number(table, "timeout_s", where, 2.0, above=0, high=1e6)
     registers = parse_registers(table.get("registers"), f"{where}.registers")
     return Modbus(
         host, registers, port=port, unit=unit, interval_s=interval_s, timeout_s=timeout_s, where=where
     )
-
-
-def _int(table: Mapping[str, Any], key: str, default: int, low: int, high: int, where: str) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{where}.{key}", f"expected an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-def _positive(table: Mapping[str, Any], key: str, default: float, where: str) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
-        raise ConfigError(f"{where}.{key}", f"expected a positive number of seconds, got {value!r}")
-    return float(value)

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from ironwatch.errors import ConfigError, MissingDependency
+from ironwatch.gateway import checks
 from ironwatch.gateway.scaling import scale_and_offset
 from ironwatch.gateway.source import SourceUnavailable, empty_sample
 from ironwatch.model import ID_PATTERN, is_id
@@ -211,9 +212,11 @@ def from_config(table: Mapping[str, Any], where: str, base_dir: Path) -> OpcUa:
     return OpcUa(
         url,
         _nodes(table.get("nodes"), f"{where}.nodes"),
-        interval_s=_positive(table, "interval_s", 1.0, 1e6, where),
-        publishing_interval_ms=_positive(table, "publishing_interval_ms", 500.0, 3.6e6, where),
-        timeout_s=_positive(table, "timeout_s", 4.0, 3600.0, where),
+        interval_s=checks.number(table, "interval_s", where, 1.0, above=0, high=1e6),
+        publishing_interval_ms=checks.number(
+            table, "publishing_interval_ms", where, 500.0, above=0, high=3.6e6
+        ),
+        timeout_s=checks.number(table, "timeout_s", where, 4.0, above=0, high=3600.0),
         username=credentials["username"],
         password=credentials["password"],
         where=where,
@@ -263,10 +266,3 @@ def _nodes(items: object, where: str) -> list[Node]:
                 )
         nodes.append(node)
     return nodes
-
-
-def _positive(table: Mapping[str, Any], key: str, default: float, high: float, where: str) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
-        raise ConfigError(f"{where}.{key}", f"expected a positive number up to {high:g}, got {value!r}")
-    return float(value)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
 from ironwatch.errors import ConfigError
+from ironwatch.gateway import checks
 from ironwatch.gateway.scaling import scale_and_offset
 from ironwatch.model import ID_PATTERN, is_id
 
@@ -89,7 +89,7 @@ def _parse_one(item: object, at: str) -> Register:
     for key in ("address", "type", "sensor", "metric"):
         if key not in item:
             raise ConfigError(f"{at}.{key}", "missing")
-    type_ = _choice(item, "type", TYPES, None, at)
+    type_ = checks.choice(item, "type", at, TYPES, None)
     address = item["address"]
     if isinstance(address, bool) or not isinstance(address, int) or not 0 <= address <= 65535:
         raise ConfigError(f"{at}.address", f"expected an integer from 0 to 65535, got {address!r}")
@@ -104,19 +104,12 @@ def _parse_one(item: object, at: str) -> Register:
         type=type_,
         sensor=item["sensor"],
         metric=item["metric"],
-        table=_choice(item, "table", TABLES, "holding", at),
-        byte_order=_choice(item, "byte_order", ORDERS, "big", at),
-        word_order=_choice(item, "word_order", ORDERS, "big", at),
+        table=checks.choice(item, "table", at, TABLES, "holding"),
+        byte_order=checks.choice(item, "byte_order", at, ORDERS, "big"),
+        word_order=checks.choice(item, "word_order", at, ORDERS, "big"),
         scale=scale,
         offset=offset,
     )
-
-
-def _choice(item: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str | None, at: str) -> str:
-    value = item.get(key, default)
-    if value not in allowed:
-        raise ConfigError(f"{at}.{key}", f"expected one of {', '.join(allowed)}, got {value!r}")
-    return str(value)
 
 
 def plan_blocks(registers: Sequence[Register], max_count: int = MAX_BLOCK) -> list[Block]:

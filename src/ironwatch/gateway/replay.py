@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ironwatch.errors import ConfigError
+from ironwatch.gateway import checks
 from ironwatch.gateway.simulator.options import time_ms
 from ironwatch.gateway.source import SAMPLE_SCHEMA, empty_sample
 
@@ -207,8 +208,10 @@ def from_config(
     path = base_dir / table["path"]
     if not path.is_file():
         raise ConfigError(f"{where}.path", f"no file {path}")
-    names = {k: _text(table, k, where, d) for k, d in (("ts_column", "ts"), ("sensor_column", "sensor"))}
-    prefix = _text(table, "sensor_prefix", where, "", empty=True)
+    names = {
+        k: checks.text(table, k, where, d) for k, d in (("ts_column", "ts"), ("sensor_column", "sensor"))
+    }
+    prefix = checks.text(table, "sensor_prefix", where, "", empty=True)
     wide = table.get("metrics")
     if wide is not None:
         for key in ("metric_column", "value_column"):
@@ -220,8 +223,8 @@ def from_config(
             if not isinstance(name, str) or not ID_PATTERN.fullmatch(name):
                 raise ConfigError(f"{where}.metrics.{column}", f"{name!r} is not a valid metric name")
     else:
-        names["metric_column"] = _text(table, "metric_column", where, "metric")
-        names["value_column"] = _text(table, "value_column", where, "value")
+        names["metric_column"] = checks.text(table, "metric_column", where, "metric")
+        names["value_column"] = checks.text(table, "value_column", where, "value")
     needed = [*names.values(), *(wide or {})]
     data = _load(path, needed, f"{where}.path")
     for key, column in [*names.items(), *((f"metrics.{c}", c) for c in wide or {})]:
@@ -247,9 +250,9 @@ def from_config(
         columns,
         start_ms=start_ms,
         shift_s=shift_s,
-        speed=_number(table, "speed", where, 1.0, 1e-6, 1e9),
-        loop=_flag(table, "loop", where),
-        interval_s=_number(table, "interval_s", where, 1.0, 0.01, 3600.0),
+        speed=checks.number(table, "speed", where, 1.0, low=1e-6, high=1e9),
+        loop=checks.flag(table, "loop", where),
+        interval_s=checks.number(table, "interval_s", where, 1.0, low=0.01, high=3600.0),
         clock=clock,
         where=where,
     )
@@ -319,31 +322,8 @@ def _start(table: Mapping[str, Any], where: str) -> tuple[int | None, float | No
     if "start" in table and "shift_s" in table:
         raise ConfigError(f"{where}.shift_s", "give either start or shift_s, not both")
     if "shift_s" in table:
-        return None, _number(table, "shift_s", where, 0.0, -1e12, 1e12)
+        return None, checks.number(table, "shift_s", where, 0.0, low=-1e12, high=1e12)
     value = table.get("start", "now")
     if value == "now":
         return None, None
     return time_ms(value, f"{where}.start"), None
-
-
-def _text(table: Mapping[str, Any], key: str, where: str, default: str, empty: bool = False) -> str:
-    value = table.get(key, default)
-    if not isinstance(value, str) or (not value and not empty):
-        raise ConfigError(
-            f"{where}.{key}", f"must be a {'string' if empty else 'column name'}, not {value!r}"
-        )
-    return value
-
-
-def _number(table: Mapping[str, Any], key: str, where: str, default: float, low: float, high: float) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ConfigError(f"{where}.{key}", f"must be a number from {low:g} to {high:g}, not {value!r}")
-    return float(value)
-
-
-def _flag(table: Mapping[str, Any], key: str, where: str) -> bool:
-    value = table.get(key, False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key}", f"must be true or false, not {value!r}")
-    return value

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ironwatch.errors import ConfigError
+from ironwatch.gateway import checks
 from ironwatch.gateway.simulator.faults import KINDS, Fault
 from ironwatch.gateway.simulator.signals import MAX_SENSORS
 
@@ -86,49 +86,27 @@ def parse(table: Mapping[str, Any], where: str, base_dir: Path) -> Options:
             )
     if table.get("type", "simulator") != "simulator":
         raise ConfigError(f"{where}.type", "must be 'simulator' for this source")
-    sensors = int(_number(table, "sensors", where, 550, 1, MAX_SENSORS - 1, integer=True))
+    sensors = checks.number(table, "sensors", where, 550, low=1, high=MAX_SENSORS - 1, integer=True)
     ground_truth = table.get("ground_truth", "simulator-faults.jsonl")
     if not isinstance(ground_truth, str):
         raise ConfigError(f"{where}.ground_truth", "must be a path as a string ('' for none)")
     return Options(
         sensors=sensors,
-        seed=int(_number(table, "seed", where, 7, 0, 2**62, integer=True)),
-        rate_per_min=_number(table, "rate_per_min", where, 30.0, 0.1, 600.0),
-        delivery=_number(table, "delivery", where, 0.5, 0.0, 1.0),
-        speed=_number(table, "speed", where, 1.0, 0.001, 1_000_000.0),
-        backfill_days=_number(table, "backfill_days", where, 0.0, 0.0, 3650.0),
+        seed=checks.number(table, "seed", where, 7, low=0, high=2**62, integer=True),
+        rate_per_min=checks.number(table, "rate_per_min", where, 30.0, low=0.1, high=600.0),
+        delivery=checks.number(table, "delivery", where, 0.5, low=0.0, high=1.0),
+        speed=checks.number(table, "speed", where, 1.0, low=0.001, high=1_000_000.0),
+        backfill_days=checks.number(table, "backfill_days", where, 0.0, low=0.0, high=3650.0),
         backfill_rate_per_min=(
-            _number(table, "backfill_rate_per_min", where, 30.0, 0.1, 600.0)
+            checks.number(table, "backfill_rate_per_min", where, 30.0, low=0.1, high=600.0)
             if "backfill_rate_per_min" in table
             else None
         ),
         start_ms=time_ms(table["start"], f"{where}.start") if "start" in table else None,
         faults=_faults(table.get("faults", "default"), f"{where}.faults", sensors),
         ground_truth=(base_dir / ground_truth) if ground_truth else None,
-        interval_s=_number(table, "interval_s", where, 1.0, 0.01, 3600.0),
+        interval_s=checks.number(table, "interval_s", where, 1.0, low=0.01, high=3600.0),
     )
-
-
-def _number(
-    table: Mapping[str, Any],
-    key: str,
-    where: str,
-    default: float,
-    low: float,
-    high: float,
-    integer: bool = False,
-) -> float:
-    value = table.get(key, default)
-    kind = "an integer" if integer else "a number"
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (integer and not isinstance(value, int))
-    ):
-        raise ConfigError(f"{where}.{key}", f"must be {kind}, not {value!r}")
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ConfigError(f"{where}.{key}", f"must be between {low:g} and {high:g}, not {value!r}")
-    return float(value) if not integer else value
 
 
 def time_ms(value: Any, setting: str) -> int:
@@ -171,7 +149,7 @@ def _faults(value: Any, where: str, sensors: int) -> str | tuple[Fault, ...]:
                 f"{at}.sensor", f"no sensor {sensor!r}: the simulator has s-0001 to s-{sensors:04d}"
             )
         start = time_ms(item["start"], f"{at}.start")
-        hours = _number(item, "duration_h", at, 1.0, 0.001, 24 * 3650)
-        severity = _number(item, "severity", at, 0.8, 0.0, 1.0)
+        hours = checks.number(item, "duration_h", at, 1.0, low=0.001, high=24 * 3650)
+        severity = checks.number(item, "severity", at, 0.8, low=0.0, high=1.0)
         faults.append(Fault(str(item["kind"]), sensor, start, start + round(hours * 3_600_000), severity))
     return tuple(faults)
