@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, overload
+from typing import Any
 
 from ironwatch.errors import ConfigError
 
@@ -17,33 +17,6 @@ from ironwatch.errors import ConfigError
 def setting(where: str, key: str) -> str:
     """The full name of an option, as errors show it."""
     return f"{where}.{key}" if where else key
-
-
-@overload
-def number(
-    table: Mapping[str, Any],
-    key: str,
-    where: str,
-    default: Any,
-    *,
-    low: float | None = ...,
-    high: float | None = ...,
-    above: float | None = ...,
-    integer: bool,
-) -> Any: ...
-
-
-@overload
-def number(
-    table: Mapping[str, Any],
-    key: str,
-    where: str,
-    default: Any,
-    *,
-    low: float | None = ...,
-    high: float | None = ...,
-    above: float | None = ...,
-) -> float: ...
 
 
 def number(
@@ -57,7 +30,8 @@ def number(
     above: float | None = None,
     integer: bool = False,
 ) -> Any:
-    """A finite number (an ``int`` with ``integer``), at least ``low``, more than ``above``, at most ``high``.
+    """A finite number, at least ``low``, more than ``above``, at most ``high``: an ``int`` with
+    ``integer``, else a ``float`` (typed ``Any`` so that it fits the field it fills).
 
     A missing option is ``default``; ``default=None`` makes it required.
     """
