@@ -484,12 +484,17 @@ def test_http_batches_sent_in_one_turn_of_the_loop_are_admitted_as_one_group(pip
     ]
 
 
+def worker_groups(pipeline: Pipeline) -> dict[str, float]:
+    """How many groups took each path through the ingest workers so far."""
+    return {
+        path: sample(pipeline.metrics, "ironwatch_ingest_worker_groups_total", path=path) or 0.0
+        for path in ("prepared", "trimmed", "unavailable")
+    }
+
+
 def reached_the_worker(pipeline: Pipeline, groups: int) -> bool:
     """With ingest workers, ``groups`` groups were offered to them; without, none could be."""
-    offered = sum(
-        sample(pipeline.metrics, "ironwatch_ingest_worker_groups_total", path=path) or 0.0
-        for path in ("prepared", "trimmed", "unavailable")
-    )
+    offered = sum(worker_groups(pipeline).values())
     return offered == (groups if pipeline.settings.ingest.workers else 0)
 
 

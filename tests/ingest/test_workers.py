@@ -26,6 +26,7 @@ from test_groups import (
     outcomes,
     same_rows,
     start_pipeline,
+    worker_groups,
 )
 
 from conftest import Lab, wait_until
@@ -108,12 +109,6 @@ def pipeline(lab: Lab) -> Iterator[Pipeline]:
         started.stop()
 
 
-def groups(pipeline: Pipeline) -> dict[str, float]:
-    """How many groups took each path through the workers so far."""
-    counter = pipeline.metrics.worker_groups
-    return {path: counter.labels(path)._value.get() for path in ("prepared", "trimmed", "unavailable")}
-
-
 def the_pids(pipeline: Pipeline) -> list[int]:
     assert pipeline._workers is not None
     return pipeline._workers.pids
@@ -126,7 +121,7 @@ def test_a_group_of_new_batches_is_written_as_the_worker_prepared_it(pipeline: P
 
     got = outcomes(admit(pipeline, items, transport="mqtt"))
 
-    assert groups(pipeline) == {"prepared": 1, "trimmed": 0, "unavailable": 0}
+    assert worker_groups(pipeline) == {"prepared": 1, "trimmed": 0, "unavailable": 0}
     assert {i: (o.accepted, o.rejected, o.duplicate) for i, o in got.items()} == {
         0: (10, 0, False),
         1: (10, 0, False),
@@ -156,7 +151,7 @@ def test_a_group_with_duplicates_and_a_broken_body_is_trimmed_to_its_new_batches
     earlier = [(GATEWAY, orjson.dumps(envelope("gw-1", 1))), (GATEWAY, hall_b_bad[0])]
     first = outcomes(admit(pipeline, earlier))  # two batches: no worker
     assert [(o.accepted, o.rejected) for o in first.values()] == [(10, 0), (8, 2)]
-    assert groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 0}
+    assert worker_groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 0}
     before = len(log_records(pipeline.state_dir))
 
     answers = admit(
@@ -182,7 +177,7 @@ def test_a_group_with_duplicates_and_a_broken_body_is_trimmed_to_its_new_batches
         5: (10, 0, False),
         6: (0, 0, True),
     }
-    assert groups(pipeline) == {"prepared": 0, "trimmed": 1, "unavailable": 0}
+    assert worker_groups(pipeline) == {"prepared": 0, "trimmed": 1, "unavailable": 0}
     (rec,) = log_records(pipeline.state_dir)[before:]  # the worker's record, cut to the new batches
     assert rec.parts == [
         records.Part("gw-1", "hall-a", 2, 10),
@@ -217,7 +212,7 @@ def test_a_group_of_duplicates_only_writes_nothing(pipeline: Pipeline) -> None:
     before = len(log_records(pipeline.state_dir))
     got = outcomes(admit(pipeline, [(GATEWAY, body) for body in bodies], transport="mqtt"))
     assert [o.duplicate for o in got.values()] == [True] * 5
-    assert groups(pipeline) == {"prepared": 0, "trimmed": 1, "unavailable": 0}
+    assert worker_groups(pipeline) == {"prepared": 0, "trimmed": 1, "unavailable": 0}
     assert len(log_records(pipeline.state_dir)) == before
 
 
@@ -228,7 +223,7 @@ def test_a_killed_worker_costs_one_group_its_offload_and_nothing_else(pipeline: 
 
     got = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", b))) for b in range(1, 6)]))
     assert [o.accepted for o in got.values()] == [10] * 5
-    assert groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 1}
+    assert worker_groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 1}
 
     (new,) = the_pids(pipeline)
     assert new != pid
@@ -236,7 +231,7 @@ def test_a_killed_worker_costs_one_group_its_offload_and_nothing_else(pipeline: 
         admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-2", b, site="hall-b"))) for b in range(6)])
     )
     assert [o.accepted for o in got.values()] == [10] * 6
-    assert groups(pipeline)["prepared"] == 1
+    assert worker_groups(pipeline)["prepared"] == 1
     assert pipeline.flush(30), pipeline.flush_error
     assert lake_rows(
         pipeline.root_of("acme"), "SELECT gateway, count(*) FROM readings GROUP BY 1 ORDER BY 1"
@@ -258,7 +253,7 @@ def test_a_hung_worker_is_replaced_and_its_group_decoded_in_the_server(
         assert sum(len(body) for _, body in big) > 2 * workers.PIPE_BYTES
         got = outcomes(admit(pipeline, big))
         assert [o.accepted for o in got.values()] == [2000] * 25
-        assert groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 1}
+        assert worker_groups(pipeline) == {"prepared": 0, "trimmed": 0, "unavailable": 1}
         wait_until(lambda: _exited(pid), 10, what="the hung worker to be killed")
         (new,) = the_pids(pipeline)
         assert new != pid
@@ -267,7 +262,7 @@ def test_a_hung_worker_is_replaced_and_its_group_decoded_in_the_server(
             os.kill(pid, signal.SIGKILL)
     got = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", b))) for b in range(26, 30)]))
     assert [o.accepted for o in got.values()] == [10] * 4
-    assert groups(pipeline)["prepared"] == 1
+    assert worker_groups(pipeline)["prepared"] == 1
 
 
 def test_stopping_the_pipeline_stops_its_workers(lab: Lab) -> None:
