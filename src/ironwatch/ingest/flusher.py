@@ -25,7 +25,6 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ironwatch import lake
 from ironwatch.errors import IronwatchError
@@ -63,27 +62,39 @@ def _write_checkpoint(state_dir: Path, content: dict[str, Any]) -> None:
 
 
 def readings_table(recs: list[records.Record]) -> pa.Table:
-    """Good readings of several records as one table with site, gateway, batch and received_at."""
+    """Good readings of several records as one table with site, gateway, batch and received_at.
+
+    What is the same for every reading of a batch is spread over its rows without a per-row copy of
+    any string: ``site`` and ``gateway`` are dictionary arrays whose dictionary is sorted and holds
+    each name once (so a code's order is its name's order), ``batch`` and ``received_at`` a numpy
+    gather from one value per batch.
+    """
     recs = [r for r in recs if r.good.num_rows]
     if not recs:
         return pa.table({"ts": pa.array([], TS_TYPE)})
     parts = [(r, p) for r in recs for p in r.parts]
-    owner = pa.array(np.repeat(np.arange(len(parts)), [p.rows for _, p in parts]))
+    owner = np.repeat(np.arange(len(parts), dtype=np.int32), [p.rows for _, p in parts])
     table = pa.concat_tables([r.good for r in recs])
 
-    def spread(values: list[Any], typ: pa.DataType) -> pa.Array:
-        return pc.take(pa.array(values, type=typ), owner)
+    def names(values: list[str]) -> pa.DictionaryArray:
+        unique, code = np.unique(np.array(values, dtype=object), return_inverse=True)
+        return pa.DictionaryArray.from_arrays(
+            pa.array(code.astype(np.int32)[owner]), pa.array(unique, pa.string())
+        )
+
+    def numbers(values: list[int]) -> pa.Array:
+        return pa.array(np.array(values, dtype=np.int64)[owner])
 
     return pa.table(
         {
-            "site": spread([p.site for _, p in parts], pa.string()),
+            "site": names([p.site for _, p in parts]),
             "ts": table["ts"].cast(TS_TYPE),
             "sensor": table["sensor"],
             "metric": table["metric"],
             "value": table["value"],
-            "gateway": spread([p.gateway for _, p in parts], pa.string()),
-            "batch": spread([p.batch for _, p in parts], pa.int64()),
-            "received_at": spread([r.received_at_us for r, _ in parts], pa.int64()).cast(TS_TYPE),
+            "gateway": names([p.gateway for _, p in parts]),
+            "batch": numbers([p.batch for _, p in parts]),
+            "received_at": numbers([r.received_at_us for r, _ in parts]).cast(TS_TYPE),
         }
     )
 
@@ -129,22 +140,29 @@ def write_segment(
 
 
 def _sensors_seen(tenant: str, table: pa.Table) -> list[Seen]:
+    """The sensors of :func:`readings_table`'s rows, by site and the gateway that sent each first by name.
+
+    A sensor sent by several gateways of a site is credited to the first of them by name, so that
+    writing the same segment again gives the same answer.
+    """
+    site, gateway = table["site"].combine_chunks(), table["gateway"].combine_chunks()
     pairs = (
-        table.select(["site", "sensor", "gateway"])
+        pa.table({"site": site.indices, "sensor": table["sensor"], "gateway": gateway.indices})
         .group_by(["site", "sensor"])
         .aggregate([("gateway", "min")])
     )
-    by_site: dict[str, list[str]] = {}
-    gateways: dict[str, str | None] = {}
-    for site, sensor, gateway in zip(
+    # The dictionaries are sorted, so the smallest code is the smallest name.
+    site_names = site.dictionary.to_pylist()
+    gateway_names = gateway.dictionary.to_pylist()
+    seen: dict[tuple[str, str], list[str]] = {}
+    for site_code, sensor, gateway_code in zip(
         pairs["site"].to_pylist(),
         pairs["sensor"].to_pylist(),
         pairs["gateway_min"].to_pylist(),
         strict=True,
     ):
-        by_site.setdefault(site, []).append(sensor)
-        gateways.setdefault(site, gateway)
-    return [Seen(tenant, site, gateways[site], sensors) for site, sensors in by_site.items()]
+        seen.setdefault((site_names[site_code], gateway_names[gateway_code]), []).append(sensor)
+    return [Seen(tenant, s, g, sorted(sensors)) for (s, g), sensors in sorted(seen.items())]
 
 
 class SegmentWriter(Protocol):

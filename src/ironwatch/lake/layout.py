@@ -122,7 +122,15 @@ def write_readings(
 
 
 def _ranked_codes(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """A sorted dictionary of the column's distinct strings and each row's code into it."""
+    """A sorted dictionary of the column's distinct strings and each row's code into it.
+
+    A dictionary-encoded column is ranked through its dictionary (small), not row by row.
+    """
+    if pa.types.is_dictionary(column.type):
+        if isinstance(column, pa.ChunkedArray):
+            column = column.unify_dictionaries().combine_chunks()
+        dictionary, rank = _ranked_codes(column.dictionary)
+        return dictionary, rank[column.indices.to_numpy(zero_copy_only=False)]
     encoded = pc.dictionary_encode(column)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.unify_dictionaries().combine_chunks()
