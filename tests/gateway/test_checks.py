@@ -89,3 +89,11 @@ def test_good_options_and_defaults_come_back_typed() -> None:
     assert checks.text({"p": ""}, "p", "", "x", empty=True) == ""
     assert checks.flag({}, "loop", "") is False
     assert checks.choice({}, "table", "", ("holding", "input"), "holding") == "holding"
+
+
+def test_an_integer_too_long_for_a_float_is_out_of_range_not_a_crash() -> None:
+    # TOML integers have no length limit; math.isfinite() would raise OverflowError on this one.
+    huge = int("9" * 400)
+    with pytest.raises(ConfigError) as caught:
+        checks.number({"port": huge}, "port", "metrics", 9108, low=1, high=65535, integer=True)
+    assert str(caught.value).startswith("setting metrics.port: expected an integer from 1 to 65535, got 999")

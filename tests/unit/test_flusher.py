@@ -12,6 +12,7 @@ from ironwatch.ingest import record as records
 from ironwatch.ingest.flusher import Seen, readings_table, write_segment
 from ironwatch.ingest.validate import WAL_SCHEMA
 from ironwatch.ingest.wal import Segment, frame
+from ironwatch.lake.layout import ranked_codes
 from ironwatch.model import QUARANTINE_SCHEMA, empty_table
 
 HOUR_US = 3_600_000_000
@@ -116,3 +117,23 @@ def test_a_segment_becomes_sorted_files_per_site_and_hour(tmp_path: Path) -> Non
             )
         ]
     assert sorted(stored) == sorted(expected_rows())
+
+
+def test_names_rank_the_same_however_they_are_encoded() -> None:
+    """Plain strings, one dictionary, or chunks with unsorted, overlapping dictionaries: same ranks."""
+    rows = ["gw-z", "gw-a", "gw-m", "gw-a", "gw-z"]
+    chunked = pa.chunked_array(
+        [
+            pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int32()), pa.array(["gw-z", "gw-a"])),
+            pa.DictionaryArray.from_arrays(
+                pa.array([2, 0, 1], pa.int32()), pa.array(["gw-a", "gw-z", "gw-m"])
+            ),
+        ]
+    )
+    duplicated = pa.DictionaryArray.from_arrays(
+        pa.array([0, 1, 2, 3, 0], pa.int32()), pa.array(["gw-z", "gw-a", "gw-m", "gw-a"])
+    )
+    for column in (pa.array(rows), pa.array(rows).dictionary_encode(), chunked, duplicated):
+        names, codes = ranked_codes(column)
+        assert names.to_pylist() == ["gw-a", "gw-m", "gw-z"]
+        assert [names[int(c)].as_py() for c in codes] == rows

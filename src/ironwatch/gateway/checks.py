@@ -40,7 +40,9 @@ def number(
     value = table.get(key, default)
     kind = "an integer" if integer else "a number"
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not is_number or (integer and not isinstance(value, int)) or not math.isfinite(value):
+    wrong_kind = not is_number or (integer and not isinstance(value, int))
+    # An int is finite however long (TOML allows any length; math.isfinite would overflow on it).
+    if wrong_kind or (isinstance(value, float) and not math.isfinite(value)):
         raise ConfigError(setting(where, key), f"expected {kind}, got {value!r}")
     too_low = (low is not None and value < low) or (above is not None and value <= above)
     if too_low or (high is not None and value > high):

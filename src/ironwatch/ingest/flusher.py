@@ -31,6 +31,7 @@ from ironwatch.errors import IronwatchError
 from ironwatch.ingest import record as records
 from ironwatch.ingest.ledger import Ledger
 from ironwatch.ingest.wal import Segment, read_records
+from ironwatch.lake.layout import ranked_codes
 from ironwatch.model import TS_TYPE
 
 log = logging.getLogger(__name__)
@@ -145,15 +146,14 @@ def _sensors_seen(tenant: str, table: pa.Table) -> list[Seen]:
     A sensor sent by several gateways of a site is credited to the first of them by name, so that
     writing the same segment again gives the same answer.
     """
-    site, gateway = table["site"].combine_chunks(), table["gateway"].combine_chunks()
+    sites, site_codes = ranked_codes(table["site"])
+    gateways, gateway_codes = ranked_codes(table["gateway"])
     pairs = (
-        pa.table({"site": site.indices, "sensor": table["sensor"], "gateway": gateway.indices})
+        pa.table({"site": site_codes, "sensor": table["sensor"], "gateway": gateway_codes})
         .group_by(["site", "sensor"])
         .aggregate([("gateway", "min")])
     )
-    # The dictionaries are sorted, so the smallest code is the smallest name.
-    site_names = site.dictionary.to_pylist()
-    gateway_names = gateway.dictionary.to_pylist()
+    site_names, gateway_names = sites.to_pylist(), gateways.to_pylist()  # codes rank the names
     seen: dict[tuple[str, str], list[str]] = {}
     for site_code, sensor, gateway_code in zip(
         pairs["site"].to_pylist(),

@@ -410,6 +410,10 @@ class Pipeline:
         answer: asyncio.Future[Outcome] = loop.create_future()
         waiting = self._gathered.get((loop, transport))
         if waiting is None:
+            # A loop closed before its turn came left its batches unanswered (nothing was stored or
+            # acknowledged): forget them rather than keep the loop and the bodies alive.
+            for key in [key for key in list(self._gathered) if key[0].is_closed()]:
+                self._gathered.pop(key, None)
             waiting = self._gathered[(loop, transport)] = []
             loop.call_soon(self._admit_gathered, loop, transport)
         waiting.append(_Waiting(principal, body, answer))

@@ -88,7 +88,7 @@ def write_readings(
     ts_us = table["ts"].combine_chunks().cast(pa.int64()).to_numpy()
     # Readings before 1970 never get here (they are quarantined), so // is a floor.
     hours = ts_us // HOUR_US * HOUR_US
-    names = {col: _ranked_codes(table[col]) for col in ("site", "sensor", "metric", "gateway")}
+    names = {col: ranked_codes(table[col]) for col in ("site", "sensor", "metric", "gateway")}
     order = np.lexsort((ts_us, names["metric"][1], names["sensor"][1], hours, names["site"][1]))
     hours = hours[order]
     site_sorted = names["site"][1][order]
@@ -121,7 +121,7 @@ def write_readings(
     return written
 
 
-def _ranked_codes(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
+def ranked_codes(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
     """A sorted dictionary of the column's distinct strings and each row's code into it.
 
     A dictionary-encoded column is ranked through its dictionary (small), not row by row.
@@ -129,7 +129,7 @@ def _ranked_codes(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndar
     if pa.types.is_dictionary(column.type):
         if isinstance(column, pa.ChunkedArray):
             column = column.unify_dictionaries().combine_chunks()
-        dictionary, rank = _ranked_codes(column.dictionary)
+        dictionary, rank = ranked_codes(column.dictionary)
         return dictionary, rank[column.indices.to_numpy(zero_copy_only=False)]
     encoded = pc.dictionary_encode(column)
     if isinstance(encoded, pa.ChunkedArray):
