@@ -7,6 +7,7 @@ server's queries, over real Parquet files in ``tmp_path``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from lakefiles import ALL_READINGS, readings, write
 from prometheus_client import CollectorRegistry
 
 from ironwatch import lake
-from ironwatch.errors import QueryError
+from ironwatch.errors import QueryError, StorageError
 from ironwatch.lake import Root, compaction, journal
 from ironwatch.model import utc_now_us
 
@@ -252,3 +253,21 @@ def test_the_pool_counts_queries_by_outcome_and_serves_them_to_prometheus(tmp_pa
         assert sample("ironwatch_query_sandboxes_in_use") == 0
         assert sample("ironwatch_query_sandboxes_created_total") == 2
         assert sample("ironwatch_query_sandboxes_idle") == 1
+
+
+def test_a_stream_given_up_early_is_stopped_and_a_storage_failure_is_failed(tmp_path: Path) -> None:
+    root = tenant(tmp_path, "acme", ("s-1",))
+    with lake.Pool(idle=4, idle_per_root=2) as pool:
+
+        def batches() -> Iterator[Any]:
+            with lake.query.stream(root, "SELECT * FROM readings", pool=pool, batch_rows=100) as answer:
+                yield from answer
+
+        consumer = batches()
+        next(consumer)
+        consumer.close()  # as a web response does when its client goes away
+        with pytest.raises(StorageError), pool.lease(root, COUNT, memory_limit="256MB"):
+            raise StorageError("cannot write the job's result")
+        queries = pool.figures().queries
+        assert (queries["stopped"], queries["failed"], queries["error"]) == (1, 1, 0)
+        assert count(root, pool) == 1000  # and the pool still answers

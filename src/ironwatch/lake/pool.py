@@ -33,7 +33,7 @@ import pyarrow as pa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ironwatch.errors import IronwatchError
+from ironwatch.errors import IronwatchError, StorageError
 from ironwatch.lake.root import Root
 from ironwatch.lake.sandbox import Sandbox
 
@@ -138,10 +138,16 @@ class Pool:
                 yield lease
                 is_kept = not lease.is_spoiled
                 outcome = "ok"
-            except IronwatchError:
-                # An answer of ours (a SQL error, a row limit): DuckDB itself was not disturbed.
+            except IronwatchError as exc:
+                # An answer of ours (a SQL error, a row limit), or a result that could not be
+                # stored: DuckDB itself was not disturbed.
                 is_kept = not lease.is_spoiled
-                outcome = "error"
+                outcome = "failed" if isinstance(exc, StorageError) else "error"
+                raise
+            except GeneratorExit:
+                # The borrower gave up early (a client that went away in the middle of a stream):
+                # the query was stopped, and its DuckDB may be half-way through an answer.
+                outcome = "stopped"
                 raise
             finally:
                 if lease.is_spoiled:
@@ -230,7 +236,8 @@ class PoolCollector(Collector):
         queries = SummaryMetricFamily(
             "ironwatch_query",
             "Analysts' SQL queries (API and query jobs) by outcome: ok, error (bad SQL, too "
-            "many rows), stopped (cancelled or over the time limit), failed; and their seconds",
+            "many rows), stopped (cancelled, over the time limit, or the client went away), "
+            "failed (the lake or the result store failed, or a bug); and their seconds",
             labels=["outcome"],
         )
         for outcome in OUTCOMES:
