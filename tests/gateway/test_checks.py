@@ -97,3 +97,8 @@ def test_an_integer_too_long_for_a_float_is_out_of_range_not_a_crash() -> None:
     with pytest.raises(ConfigError) as caught:
         checks.number({"port": huge}, "port", "metrics", 9108, low=1, high=65535, integer=True)
     assert str(caught.value).startswith("setting metrics.port: expected an integer from 1 to 65535, got 999")
+
+
+def test_a_large_integer_bound_is_shown_in_full() -> None:
+    with pytest.raises(ConfigError, match=r"expected an integer from 0 to 4611686018427387904, got -1$"):
+        checks.number({"seed": -1}, "seed", "sources[0]", 7, low=0, high=2**62, integer=True)

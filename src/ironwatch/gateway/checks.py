@@ -63,8 +63,8 @@ def _bounds(low: float | None, above: float | None, high: float | None) -> str:
 
 
 def _shown(bound: float | None) -> str:
-    """A bound as people write it: 3600000 and 0.01, not 3.6e+06."""
-    if bound is not None and float(bound).is_integer() and abs(bound) < 1e15:
+    """A bound as people write it: 3600000 and 0.01, not 3.6e+06; an int bound in full, however large."""
+    if isinstance(bound, int) or (bound is not None and float(bound).is_integer() and abs(bound) < 1e15):
         return str(int(bound))
     return f"{bound:g}"
 
