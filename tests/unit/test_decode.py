@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from ironwatch.errors import BodyTooLarge, InvalidInput, MalformedBody
-from ironwatch.ingest.decode import decode, gunzip
-from ironwatch.ingest.validate import check
+from ironwatch.ingest.decode import Decoded, decode, decode_many, gunzip
+from ironwatch.ingest.validate import check, check_many
 
 NOW_US = 1_795_540_000_000_000  # 2026-11-24T14:26:40Z
 
@@ -145,3 +145,37 @@ def test_fast_and_full_checks_agree_on_good_input() -> None:
     )
     assert fast.good.equals(full.good)
     assert fast.errors == full.errors == []
+
+
+def _many(bodies: list[bytes], picks: list[int]) -> tuple[pa.Table, list[int]]:
+    decoded = decode_many(bodies, max_readings=10_000)
+    chosen = [d for i, d in enumerate(decoded) if i in picks and isinstance(d, Decoded)]
+    assert len(chosen) == len(picks)
+    group = check_many(
+        chosen,
+        now_us=NOW_US,
+        max_future_s=600,
+        max_errors=100,
+        received_at_us=NOW_US,
+        transport="test",
+    )
+    return group.good, [c.good.num_rows for c in group.items]
+
+
+@pytest.mark.parametrize("picks", [[0, 1, 2, 3], [1, 2], [0, 2, 3], [3], [0, 3]])
+def test_envelopes_decoded_together_are_checked_as_one_whichever_are_kept(picks: list[int]) -> None:
+    """Any subset of a decoded group (the rest were duplicates or refused) checks like each alone."""
+    bodies = [
+        envelope(
+            [
+                {"ts": 1_795_539_000_000 + i, "sensor": f"s-{n}", "metric": "rpm", "value": n + i / 10}
+                for i in range(n + 2)
+            ],
+            batch=n,
+        )
+        for n in range(4)
+    ]
+    good, counts = _many(bodies, picks)
+    alone = [run(bodies[i])[0] for i in picks]
+    assert counts == [t.num_rows for t in alone]
+    assert good.to_pylist() == pa.concat_tables(alone).to_pylist()
