@@ -318,7 +318,7 @@ class Pipeline:
 
     @property
     def is_ready(self) -> bool:
-        return self._log is not None and not self._stop.is_set()
+        return self._log is not None and self._log.is_open and not self._stop.is_set()
 
     @property
     def flush_error(self) -> str | None:
@@ -380,10 +380,12 @@ class Pipeline:
             raise Forbidden(f"this key may not send for gateway {gateway}", {"field": "gateway"})
         self._check_gateway(principal.tenant, gateway, site, may_register=may_register)
 
-    def _append(self, payload: bytes) -> Future[None]:
+    def _append(
+        self, payload: bytes, on_written: Callable[[Future[None]], None] | None = None
+    ) -> Future[None]:
         if self._log is None or self._stop.is_set():
             raise Unavailable("the server is not accepting readings right now")
-        return self._log.append(frame(payload))
+        return self._log.append(frame(payload), on_written)
 
     def _publish(self, tenant: str, site: str, good: pa.Table) -> None:
         """Hand durable readings to the live bus, before they are acknowledged (so series show them)."""
@@ -674,13 +676,6 @@ class Pipeline:
         call: _Call,
     ) -> None:
         """Append one record of new batches; once it is durable, commit, publish and answer each."""
-        try:
-            written = self._append(payload)
-        except BaseException as exc:
-            self._fail(group, exc, call)
-            if not isinstance(exc, Exception):
-                raise
-            return
 
         def finish(f: Future[None]) -> None:
             error = f.exception()
@@ -705,7 +700,14 @@ class Pipeline:
             for (i, _), outcome in zip(group, outcomes, strict=True):
                 call.on_done(i, outcome)
 
-        written.add_done_callback(finish)
+        try:
+            # Given to the log with the record, so the keys are committed on the log's thread before
+            # it can close the segment: a checkpoint taken once the segment is flushed holds them.
+            self._append(payload, on_written=finish)
+        except BaseException as exc:
+            self._fail(group, exc, call)
+            if not isinstance(exc, Exception):
+                raise
 
     def _count(self, outcomes: list[Outcome], transport: str, started: float) -> None:
         accepted = sum(one.accepted for one in outcomes)

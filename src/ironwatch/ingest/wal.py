@@ -98,14 +98,23 @@ class Log:
         path = self.directory / f"{seq:012d}.wal"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_DSYNC, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot open write-ahead log {path}: {exc}") from exc
+        try:
             dfd = os.open(self.directory, os.O_RDONLY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
         except OSError as exc:
+            os.close(fd)
             raise StorageError(f"cannot open write-ahead log {path}: {exc}") from exc
         return fd
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a segment is open for the next record (not while a failed open waits for a retry)."""
+        return self._fd is not None
 
     @property
     def pending_bytes(self) -> int:
@@ -122,9 +131,15 @@ class Log:
     def current_size(self) -> int:
         return self._size
 
-    def append(self, record: bytes) -> Future[None]:
-        """Queue a framed record; the future completes once it is on disk."""
+    def append(self, record: bytes, on_done: Callable[[Future[None]], None] | None = None) -> Future[None]:
+        """Queue a framed record; the future completes once it is on disk.
+
+        ``on_done`` runs on the writer's thread when it completes, before the writer can close the
+        segment that holds the record.
+        """
         fut: Future[None] = Future()
+        if on_done is not None:
+            fut.add_done_callback(on_done)
         with self._cond:
             if self._stopping:
                 raise StorageError("the write-ahead log is closed")
@@ -156,10 +171,17 @@ class Log:
                 self._pending_bytes = 0
                 rotate, self._rotate_requested = self._rotate_requested, False
                 stopping = self._stopping
-            if batch:
-                self._write(batch)
-            if (rotate or self._size >= self.segment_max_bytes) and self._size > 0:
-                self._close_segment(reopen=not stopping)
+            try:
+                if batch:
+                    self._write(batch)
+                if (rotate or self._size >= self.segment_max_bytes) and self._size > 0:
+                    self._close_segment(reopen=not stopping)
+            except Exception as exc:  # a bug: answer what is waiting, keep the writer alive
+                log.exception("wal: the writer failed; %d records answered with an error", len(batch))
+                error = StorageError(f"the write-ahead log failed: {exc}")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(error)
             if stopping:
                 with self._cond:
                     if self._pending:
@@ -171,7 +193,13 @@ class Log:
                 return
 
     def _write(self, batch: list[tuple[bytes, Future[None]]]) -> None:
-        assert self._fd is not None
+        if self._fd is None:  # the last open failed (no file descriptor or space left): try again
+            try:
+                self._fd = self._open(self._seq)
+            except StorageError as exc:
+                for _, fut in batch:
+                    fut.set_exception(exc)
+                return
         data = b"".join(record for record, _ in batch)
         try:
             view = memoryview(data)
@@ -195,13 +223,22 @@ class Log:
             fut.set_result(None)
 
     def _close_segment(self, *, reopen: bool) -> None:
+        """Close the current segment and hand it on; then open the next one, or leave that to the
+        next write when it cannot be opened now (its records are answered with the error meanwhile).
+        """
         assert self._fd is not None
-        os.close(self._fd)
-        self._fd = None
+        fd, self._fd = self._fd, None
         segment = Segment(self._seq, self.directory / f"{self._seq:012d}.wal", self._size)
         self._seq += 1
         self._size = 0
         self._first_write_at = None
-        if reopen:
-            self._fd = self._open(self._seq)
+        try:
+            os.close(fd)  # O_DSYNC: what is in it is durable already
+        except OSError:
+            log.exception("wal: closing segment %d failed; its records were written durably", segment.seq)
         self._on_closed(segment)
+        if reopen:
+            try:
+                self._fd = self._open(self._seq)
+            except StorageError:
+                log.exception("wal: cannot open the next segment; trying again with the next record")
