@@ -235,6 +235,29 @@ def test_subscriber_survives_a_broker_restart(lab: Lab, broker: Broker) -> None:
     wait_stored(server, acme, [("gw-1", b) for b in range(1, 21)])
 
 
+def test_a_message_the_log_could_not_take_is_delivered_again(lab: Lab, broker: Broker) -> None:
+    """The log's folder away for a moment: the message it refused is not stuck at the broker."""
+    acme = lab.tenant("acme")
+    lab.store.add_gateway("acme", "gw-1", "hall-a")
+    # A segment per record, so that the next segment is opened, and fails, right after each one.
+    server = lab.server("--mqtt-url", broker.url, IRONWATCH_LAKE__SEGMENT_MAX_BYTES="1")
+    wait_until(lambda: is_ready(server), 20, what="the server to subscribe to the broker")
+    wal, away = lab.data_dir / "wal", lab.data_dir / "wal-away"
+    assert server.log_path is not None
+    with publisher(broker) as pub:
+        pub.publish(topic("acme", "hall-a", "gw-1"), envelope("gw-1", 1))
+        wait_until(lambda: metric(server, 'ironwatch_readings_accepted_total{transport="mqtt"}') == 10, 10)
+        wal.rename(away)
+        pub.publish(topic("acme", "hall-a", "gw-1"), envelope("gw-1", 2))  # in the open segment
+        wait_until(lambda: not is_ready(server), 10, what="/readyz to see the log is not open")
+        pub.publish(topic("acme", "hall-a", "gw-1"), envelope("gw-1", 3))  # refused by the log
+        wait_until(lambda: "is not durable" in server.log_path.read_text(), 10, what="batch 3 refused")
+        away.rename(wal)
+    wait_stored(server, acme, [("gw-1", b) for b in (1, 2, 3)], timeout_s=40)
+    assert "reconnecting to" in server.log_path.read_text()  # how batch 3 came again
+    assert is_ready(server)
+
+
 @pytest.mark.parametrize("halt", ["kill", "stop"])
 def test_messages_sent_while_the_server_is_down_are_stored_once(lab: Lab, broker: Broker, halt: str) -> None:
     acme = lab.tenant("acme")

@@ -11,6 +11,12 @@ off, a session expiry), so the broker keeps every unacknowledged or newly publis
 the server is down or reconnecting, and delivers it again; a batch delivered twice is answered as a
 duplicate by the ledger. PUBACKs are sent in the order the messages arrived, as MQTT asks.
 
+A broker sends an unacknowledged message again only on a new connection, and each one holds a slot
+of the receive maximum meanwhile. So when a message is left unacknowledged (the log could not take
+it: a full disk, no file descriptor left), the subscriber reconnects a little later
+(:data:`REDELIVER_MIN_S`, doubling up to :data:`REDELIVER_MAX_S` while it keeps happening) and the
+broker delivers it again, instead of the stream stalling on a connection that looks healthy.
+
 Readings are admitted in groups: the network thread only checks a message's topic and queues it,
 and an admitting thread takes every message queued meanwhile (up to :data:`GROUP_MAX_MESSAGES` or
 :data:`GROUP_MAX_BYTES`) into one pass of the pipeline, so a stream of small messages costs one
@@ -22,10 +28,14 @@ to publish only under its own tenant, site and gateway.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
+import math
+import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -65,6 +75,10 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 #: How long ``stop`` waits for the acknowledgements of messages already being written.
 STOP_DRAIN_S = 10.0
+#: How soon after a message was left unacknowledged the subscriber reconnects to have it sent again;
+#: the wait doubles, up to REDELIVER_MAX_S, while messages keep being left.
+REDELIVER_MIN_S = 2.0
+REDELIVER_MAX_S = 60.0
 #: Most messages, and most payload bytes, admitted together as one group.
 GROUP_MAX_MESSAGES = 512
 GROUP_MAX_BYTES = 512 << 10
@@ -139,8 +153,9 @@ class _Acks:
     a packet id the broker may have reused.
     """
 
-    def __init__(self, send: Callable[[int], None]) -> None:
+    def __init__(self, send: Callable[[int], None], on_left: Callable[[], None] | None = None) -> None:
         self._send = send
+        self._on_left = on_left
         self._cond = threading.Condition()
         self._queue: deque[_Delivery] = deque()
         self._generation = 0
@@ -173,6 +188,8 @@ class _Acks:
                     self._send(head.mid)  # under the lock, so PUBACKs leave in order
             if not self._queue:
                 self._cond.notify_all()
+        if not ack and self._on_left is not None:
+            self._on_left()
 
     @property
     def pending(self) -> int:
@@ -204,7 +221,11 @@ class Subscriber:
         self._filters = topic_filters(str(settings.mqtt.share_group))
         self._max_body_bytes = int(settings.server.max_body_bytes)
         self._client: Client | None = None
-        self._acks = _Acks(self._send_ack)
+        self._acks = _Acks(self._send_ack, on_left=self._want_redelivery)
+        self._redeliver_lock = threading.Lock()
+        self._redeliver: threading.Timer | None = None
+        self._redeliver_delay_s = REDELIVER_MIN_S
+        self._redelivered_at = -math.inf
         self._is_connected = False
         self._is_subscribed = False
         self._subscribe_mid: int | None = None
@@ -281,6 +302,10 @@ class Subscriber:
         if client is None:
             return
         self._stopping.set()
+        with self._redeliver_lock:
+            if self._redeliver is not None:
+                self._redeliver.cancel()
+                self._redeliver = None
         if not self._acks.wait_idle(STOP_DRAIN_S):
             log.warning(
                 "MQTT: %d messages still unacknowledged at stop; the broker sends them again",
@@ -378,6 +403,37 @@ class Subscriber:
             # A bug, not a bad message: leave it with the broker rather than lose it.
             log.exception("MQTT: message mid=%d could not be handled; left unacknowledged", message.mid)
             self._acks.settle(delivery, ack=False)
+
+    def _want_redelivery(self) -> None:
+        """A message of this connection was left unacknowledged: reconnect soon to have it sent again."""
+        with self._redeliver_lock:
+            if self._redeliver is not None or self._stopping.is_set():
+                return
+            # Left again soon after the last reconnect (the log still cannot take it): wait longer.
+            recent = time.monotonic() - self._redelivered_at < 2 * self._redeliver_delay_s
+            self._redeliver_delay_s = (
+                min(REDELIVER_MAX_S, 2 * self._redeliver_delay_s) if recent else REDELIVER_MIN_S
+            )
+            self._redeliver = threading.Timer(self._redeliver_delay_s, self._reconnect_to_redeliver)
+            self._redeliver.daemon = True
+            self._redeliver.start()
+
+    def _reconnect_to_redeliver(self) -> None:
+        with self._redeliver_lock:
+            self._redeliver = None
+            self._redelivered_at = time.monotonic()
+        client = self._client
+        if client is None or self._stopping.is_set() or not self._is_connected:
+            return  # stopping, or a reconnect is under way already
+        log.warning(
+            "MQTT: messages were left unacknowledged; reconnecting to %s so that it sends them again",
+            self._address,
+        )
+        # As a dropped connection: paho's loop notices, reconnects and subscribes again.
+        shutdown = getattr(client.socket(), "shutdown", None)
+        if shutdown is not None:
+            with contextlib.suppress(OSError):
+                shutdown(socket.SHUT_RDWR)
 
     @property
     def _address(self) -> str:
