@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import queue
 import threading
 import time
@@ -30,7 +29,7 @@ from ironwatch import lake
 from ironwatch.errors import IronwatchError
 from ironwatch.ingest import record as records
 from ironwatch.ingest.ledger import Ledger
-from ironwatch.ingest.wal import Segment, read_records
+from ironwatch.ingest.wal import Segment, read_records, write_durably
 from ironwatch.lake.layout import ranked_codes
 from ironwatch.model import TS_TYPE
 
@@ -48,18 +47,7 @@ def load_checkpoint(state_dir: Path) -> dict[str, Any]:
 
 
 def _write_checkpoint(state_dir: Path, content: dict[str, Any]) -> None:
-    path = state_dir / CHECKPOINT
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(orjson.dumps(content))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(state_dir, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_durably(state_dir / CHECKPOINT, orjson.dumps(content))
 
 
 def readings_table(recs: list[records.Record]) -> pa.Table:
@@ -214,6 +202,7 @@ class Flusher:
         self._idle = threading.Condition(self._lock)
         self._in_queue = 0
         self._thread = threading.Thread(target=self._run, name="lake-flusher", daemon=True)
+        self._stopping = threading.Event()
         self.last_error: str | None = None
 
     @property
@@ -246,7 +235,12 @@ class Flusher:
         return True
 
     def stop(self) -> None:
-        """Flush what is queued, then stop."""
+        """Flush what is queued, then stop.
+
+        A segment that cannot be flushed now (a tenant's storage unreachable) is not retried any
+        more: it stays in the log, and the next start flushes it.
+        """
+        self._stopping.set()
         self._queue.put(None)
         self._thread.join()
         self._writer.close()
@@ -264,8 +258,15 @@ class Flusher:
                     break
                 except (IronwatchError, OSError, pa.ArrowException) as exc:
                     self.last_error = f"flushing segment {segment.seq}: {exc}"
+                    if self._stopping.is_set():
+                        log.error(
+                            "flusher: %s; stopping with %d segments left in the log for the next start",
+                            self.last_error,
+                            self._in_queue,
+                        )
+                        return
                     log.error("flusher: %s; retrying in %.1f s", self.last_error, delay_s)
-                    time.sleep(delay_s)
+                    self._stopping.wait(delay_s)
                     delay_s = min(delay_s * 2, 30.0)
             with self._idle:
                 self._in_queue -= 1

@@ -36,7 +36,7 @@ from ironwatch.ingest.lakewriter import ProcessWriter
 from ironwatch.ingest.ledger import Key, Ledger
 from ironwatch.ingest.metrics import Metrics
 from ironwatch.ingest.validate import WAL_SCHEMA, check_many, whole_message
-from ironwatch.ingest.wal import Log, Segment, frame, read_records, segment_seq
+from ironwatch.ingest.wal import Log, Segment, frame, read_records, segment_seq, write_durably
 from ironwatch.ingest.workers import Head, Limits, Prepared, WorkerPool
 from ironwatch.model import QUARANTINE_SCHEMA, Principal, Role, empty_table, utc_now_us
 from ironwatch.store import Store
@@ -180,9 +180,11 @@ class Pipeline:
     def writer_id(self) -> str:
         """A name unique to this data directory, so several writers never pick the same file name."""
         path = self.state_dir / "writer-id"
-        if not path.exists():
-            path.write_text(f"w{secrets.token_hex(4)}\n")
-        return path.read_text().strip()
+        name = path.read_text().strip() if path.exists() else ""
+        if not name:  # new, or left empty by a crash before this was written durably
+            name = f"w{secrets.token_hex(4)}"
+            write_durably(path, f"{name}\n".encode())
+        return name
 
     def start(self) -> None:
         """Recover what the log holds, then open it for new batches."""

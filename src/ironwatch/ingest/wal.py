@@ -64,6 +64,21 @@ def read_records(path: Path) -> Iterator[bytes]:
         )
 
 
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that after a crash it holds either the old or the new bytes."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def segment_seq(path: Path) -> int:
     return int(path.stem)
 
