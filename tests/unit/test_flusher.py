@@ -137,3 +137,20 @@ def test_names_rank_the_same_however_they_are_encoded() -> None:
         names, codes = ranked_codes(column)
         assert names.to_pylist() == ["gw-a", "gw-m", "gw-z"]
         assert [names[int(c)].as_py() for c in codes] == rows
+
+
+def test_bytes_past_the_written_size_are_not_flushed(tmp_path: Path) -> None:
+    """A write that failed, and could not be cut off: its batches were answered with an error."""
+    path = tmp_path / "000000000001.wal"
+    path.write_bytes(frame(records.encode(RECORDS[0])))
+    written_size = path.stat().st_size
+    with open(path, "ab") as fh:
+        fh.write(frame(records.encode(RECORDS[1])))
+    root = lake.open_root((tmp_path / "lake").as_uri())
+
+    write_segment(Segment(1, path, written_size), "w-000000000001", lambda _: root, 3)
+
+    stored = pq.read_table(tmp_path / "lake" / "readings").to_pydict()
+    assert sorted(zip(stored["gateway"], stored["batch"], strict=True)) == sorted(
+        (part.gateway, part.batch) for part, rows in RECORDS[0].batches() for _ in range(rows.num_rows)
+    )

@@ -111,7 +111,7 @@ def write_segment(
 ) -> Written:
     """Write a segment's readings and quarantined rows to each tenant's root as files named ``name``."""
     by_tenant: dict[str, list[records.Record]] = {}
-    for payload in read_records(segment.path):
+    for payload in read_records(segment.path, segment.size_bytes):
         rec = records.decode(payload)
         by_tenant.setdefault(rec.tenant, []).append(rec)
     files = 0

@@ -47,9 +47,14 @@ def frame(payload: bytes) -> bytes:
     return _HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def read_records(path: Path) -> Iterator[bytes]:
-    """Payloads of a segment in order, stopping at a torn or corrupt tail."""
-    data = path.read_bytes()
+def read_records(path: Path, size: int | None = None) -> Iterator[bytes]:
+    """Payloads of a segment in order, stopping at a torn or corrupt tail.
+
+    With ``size`` (what the writer counted as written), bytes past it are not read: the records of a
+    write that failed, whose batches were answered with an error, when cutting them off failed too.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read() if size is None else fh.read(size)
     pos = 0
     while pos + _HEAD.size <= len(data):
         magic, length, crc = _HEAD.unpack_from(data, pos)
