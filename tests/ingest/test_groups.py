@@ -10,10 +10,12 @@ files the pipeline wrote, and from the write-ahead log's own records.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import struct
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -482,6 +484,25 @@ def test_http_batches_sent_in_one_turn_of_the_loop_are_admitted_as_one_group(pip
         ("gw-1", 25, 10, 10),
         ("gw-2", 21, 10, 10),
     ]
+
+
+def test_batches_of_a_loop_closed_before_its_turn_are_neither_stored_nor_kept(pipeline: Pipeline) -> None:
+    """A server shutting down between reading a request and admitting it: nothing stored, nothing kept."""
+    gateway = Principal("acme", Role.GATEWAY, "k-any")
+    body = orjson.dumps(envelope("gw-1", 31))
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(pipeline.ingest(gateway, body))
+    loop.call_soon(loop.stop)  # runs in the task's first turn: the admitting turn never comes
+    loop.run_forever()
+    loop.close()
+    closed = weakref.ref(loop)
+    del loop, task
+
+    # The next request (another loop) is admitted, and the closed loop's batch is let go.
+    again = asyncio.run(asyncio.wait_for(pipeline.ingest(gateway, body), 30))
+    assert (again.accepted, again.duplicate) == (10, False)  # the first was never stored
+    gc.collect()
+    assert closed() is None
 
 
 def worker_groups(pipeline: Pipeline) -> dict[str, float]:
