@@ -56,6 +56,11 @@ class _Collector(Collector):
         for name, value, text in (
             ("send_failures", stats.failures, "Sends that failed and were retried."),
             ("duplicate_batches", stats.duplicates, "Batches the server already held."),
+            (
+                "number_collisions",
+                stats.number_collisions,
+                "Batches answered as duplicates on their first send (batch numbers reused).",
+            ),
             ("rejected_readings", stats.rejected_readings, "Readings the server put in quarantine."),
             ("source_read_failures", self.gateway.sampler.read_failures, "Source reads that failed."),
             ("heartbeats", self.gateway.heartbeats_sent, "Heartbeats sent."),

@@ -165,7 +165,9 @@ class Outbox:
             elif (rows.get("gateway"), rows.get("site")) != (self.gateway, self.site):
                 raise OutboxError(
                     f"outbox {self.path} belongs to gateway {rows.get('gateway')} of site "
-                    f"{rows.get('site')}, not {self.gateway} of {self.site}: use another buffer.path"
+                    f"{rows.get('site')}, not {self.gateway} of {self.site}: give this gateway its own "
+                    "buffer.path (a new outbox for an id the server knows restarts its batch numbers, "
+                    "which the server takes as duplicates)"
                 )
 
     def _transaction(self, conn: sqlite3.Connection) -> _Transaction:

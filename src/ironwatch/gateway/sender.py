@@ -30,6 +30,8 @@ class SendStats:
 
     batches_delivered: int = 0
     duplicates: int = 0
+    #: Batches answered as duplicates on their first send: numbers the server had from another outbox.
+    number_collisions: int = 0
     rejected_readings: int = 0
     failures: int = 0
     is_link_up: bool = False
@@ -149,6 +151,17 @@ class Sender:
             for r in delivered:
                 if isinstance(r.answer, dict) and r.answer.get("duplicate"):
                     self.stats.duplicates += 1
+                    if r.batch.attempts == 0 and not r.batch.is_tombstone:
+                        self.stats.number_collisions += 1
+                        log.error(
+                            "batch %d (%d readings) was answered as a duplicate on its first send: "
+                            "the server already holds a batch %d of this gateway. Unless it was sent "
+                            "just before the gateway was killed, a new outbox restarted the numbering "
+                            "and these readings were not stored; give the gateway a new id",
+                            r.batch.seq,
+                            r.batch.readings,
+                            r.batch.seq,
+                        )
                 self.stats.rejected_readings += r.rejected
 
     def _fail(self, failed: list[Result]) -> None:
