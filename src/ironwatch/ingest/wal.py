@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from ironwatch.errors import StorageError
+from ironwatch.lake.root import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,7 @@ def write_durably(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
 
 
 def segment_seq(path: Path) -> int:
@@ -118,16 +115,12 @@ class Log:
         path = self.directory / f"{seq:012d}.wal"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_DSYNC, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot open write-ahead log {path}: {exc}") from exc
-        try:
-            dfd = os.open(self.directory, os.O_RDONLY)
             try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+                fsync_dir(self.directory)
+            except OSError:
+                os.close(fd)
+                raise
         except OSError as exc:
-            os.close(fd)
             raise StorageError(f"cannot open write-ahead log {path}: {exc}") from exc
         return fd
 

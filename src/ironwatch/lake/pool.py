@@ -49,7 +49,8 @@ class Key:
 
 
 #: How a lease ended: the query answered, was refused with an error of ours (bad SQL, too many
-#: rows), was stopped (cancelled or over its time limit), or failed otherwise.
+#: rows), was stopped (cancelled, over its time limit, or its client went away), or failed (the
+#: lake or the store of a job's result failed, or a bug).
 OUTCOMES = ("ok", "error", "stopped", "failed")
 
 

@@ -102,7 +102,7 @@ class LocalRoot:
             finally:
                 os.close(fd)
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {path} in {self.url}: {exc}") from exc
@@ -126,7 +126,7 @@ class LocalRoot:
                     raise StorageError(f"cannot write {path} in {self.url}: {exc}") from exc
             try:
                 os.replace(tmp, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
             except OSError as exc:
                 raise StorageError(f"cannot write {path} in {self.url}: {exc}") from exc
         finally:
@@ -149,7 +149,7 @@ class LocalRoot:
             directory = directory.parent
         for folder in reversed(missing):
             folder.mkdir(exist_ok=True)
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
 
     def read(self, path: str) -> bytes:
         try:
@@ -189,9 +189,9 @@ class LocalRoot:
         try:
             self._make_dirs(dst.parent)
             os.replace(src, dst)
-            _fsync_dir(dst.parent)
+            fsync_dir(dst.parent)
             if src.parent != dst.parent:
-                _fsync_dir(src.parent)
+                fsync_dir(src.parent)
         except FileNotFoundError as exc:
             if not src.exists():
                 raise NotFound("file", source) from exc
@@ -275,7 +275,8 @@ def _chunks(file: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a folder's entries (files created, renamed or removed in it) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
