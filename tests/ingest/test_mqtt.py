@@ -170,6 +170,74 @@ def test_readings_are_stored_exactly_once(lab: Lab, broker: Broker) -> None:
     server.stop()  # a graceful stop with the subscriber running must not hang
 
 
+def test_a_heartbeat_asking_for_an_answer_gets_one_on_its_own_answer_topic_only(
+    lab: Lab, broker: Broker
+) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    acme = lab.tenant("acme")
+    lab.store.add_gateway("acme", "gw-1", "hall-a")
+    lab.store.add_gateway("acme", "gw-2", "hall-a")
+    server = mqtt_server(lab, broker)
+    answers: list[tuple[str, bytes | None, Any]] = []
+    with publisher(broker) as pub:
+        pub.client.on_message = lambda _c, _u, m: answers.append(
+            (m.topic, getattr(m.properties, "CorrelationData", None), orjson.loads(m.payload))
+        )
+        pub.client.subscribe("ironwatch/acme/hall-a/+/answer", qos=1)
+        for batch in (1, 2):
+            pub.publish(topic("acme", "hall-a", "gw-1"), envelope("gw-1", batch))
+        wait_stored(server, acme, [("gw-1", 1), ("gw-1", 2)])
+
+        def ask(gateway: str, response_topic: str, token: bytes) -> None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = response_topic
+            props.CorrelationData = token
+            beat = {"gateway": gateway, "site": "hall-a", "ts": int(time.time() * 1000)}
+            where = topic("acme", "hall-a", gateway, "heartbeat")
+            info = pub.client.publish(where, orjson.dumps(beat), 1, properties=props)
+            info.wait_for_publish(timeout=10)
+
+        ask("gw-1", "ironwatch/acme/hall-a/gw-2/answer", b"foreign")  # another gateway's answer topic
+        ask("gw-2", "ironwatch/acme/hall-a/gw-2/answer", b"none-yet")
+        ask("gw-1", "ironwatch/acme/hall-a/gw-1/answer", b"mine")
+        wait_until(lambda: len(answers) >= 2, 10, what="two answers")
+        time.sleep(0.5)  # room for an answer that must not come
+    assert answers == [
+        ("ironwatch/acme/hall-a/gw-2/answer", b"none-yet", {"gateway": "gw-2", "last_batch_stored": None}),
+        ("ironwatch/acme/hall-a/gw-1/answer", b"mine", {"gateway": "gw-1", "last_batch_stored": 2}),
+    ]
+
+
+def test_a_heartbeats_answer_counts_the_batches_queued_before_it(lab: Lab, broker: Broker) -> None:
+    """A box died while the server was down; its last batches wait at the broker, then a new outbox
+    asks which numbers the server holds. The answer must count those batches too."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    acme = lab.tenant("acme")
+    lab.store.add_gateway("acme", "gw-1", "hall-a")
+    server = mqtt_server(lab, broker)  # subscribes once, so the broker keeps its session's messages
+    server.stop()
+    answers: list[Any] = []
+    with publisher(broker) as pub:
+        pub.client.on_message = lambda _c, _u, m: answers.append(orjson.loads(m.payload))
+        pub.client.subscribe("ironwatch/acme/hall-a/gw-1/answer", qos=1)
+        for batch in range(1, 301):
+            pub.publish(topic("acme", "hall-a", "gw-1"), envelope("gw-1", batch, columnar=True))
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = "ironwatch/acme/hall-a/gw-1/answer"
+        props.CorrelationData = b"new-outbox"
+        beat = {"gateway": "gw-1", "site": "hall-a", "ts": int(time.time() * 1000)}
+        where = topic("acme", "hall-a", "gw-1", "heartbeat")
+        pub.client.publish(where, orjson.dumps(beat), 1, properties=props).wait_for_publish(timeout=10)
+        server.start()
+        wait_until(lambda: answers, 30, what="the answer")
+    assert answers == [{"gateway": "gw-1", "last_batch_stored": 300}]
+    wait_stored(server, acme, [("gw-1", b) for b in range(1, 301)])
+
+
 def test_broken_messages_are_quarantined_and_the_subscriber_keeps_going(lab: Lab, broker: Broker) -> None:
     acme = lab.tenant("acme")
     lab.store.add_gateway("acme", "gw-1", "hall-a")

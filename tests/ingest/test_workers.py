@@ -260,6 +260,9 @@ def test_a_hung_worker_is_replaced_and_its_group_decoded_in_the_server(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    # The replacement, started a moment ago, may still be importing its modules: on a slow machine
+    # its first answer can take longer than the half second that found the hung worker.
+    monkeypatch.setattr(workers, "ANSWER_TIMEOUT_S", 30.0)
     got = outcomes(admit(pipeline, [(GATEWAY, orjson.dumps(envelope("gw-1", b))) for b in range(26, 30)]))
     assert [o.accepted for o in got.values()] == [10] * 4
     assert worker_groups(pipeline)["prepared"] == 1

@@ -93,3 +93,18 @@ def test_snapshot_round_trip() -> None:
     copy.load(ledger.snapshot())
     assert copy.snapshot() == {"acme": {"gw-1": [[1, 3], [10, 10]]}, "beta": {"gw-9": [[0, 0]]}}
     assert copy.reserve(("acme", "gw-1", 2)) == ("duplicate", None)
+
+
+def test_last_counts_durable_claimed_and_failed_batches_of_that_gateway_only() -> None:
+    ledger = Ledger()
+    assert ledger.last("acme", "gw-1") is None
+    ledger.mark(("acme", "gw-1", 7))  # found durable during recovery
+    assert ledger.last("acme", "gw-1") == 7
+    assert ledger.reserve(("acme", "gw-1", 9)) == ("new", None)  # being written
+    assert ledger.last("acme", "gw-1") == 9
+    ledger.release(("acme", "gw-1", 9), OSError("disk full"))  # may come again: still counted
+    assert ledger.last("acme", "gw-1") == 9
+    assert ledger.reserve(("acme", "gw-1", 8)) == ("new", None)
+    ledger.commit(("acme", "gw-1", 8))
+    assert ledger.last("acme", "gw-1") == 9
+    assert (ledger.last("acme", "gw-2"), ledger.last("other", "gw-1")) == (None, None)

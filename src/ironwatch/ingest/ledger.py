@@ -64,6 +64,8 @@ class Ledger:
         self._done: dict[tuple[str, str], RangeSet] = {}
         #: Keys being written; the future is made only when a second writer of the key has to wait.
         self._in_flight: dict[Key, Future[None] | None] = {}
+        #: The highest batch number claimed per gateway (see :meth:`last`).
+        self._claimed: dict[tuple[str, str], int] = {}
 
     def reserve(self, key: Key) -> tuple[str, Future[None] | None]:
         """Claim ``key`` for writing.
@@ -83,6 +85,8 @@ class Ledger:
                     pending = self._in_flight[key] = Future()
                 return "in_flight", pending
             self._in_flight[key] = None
+            if batch > self._claimed.get((tenant, gateway), -1):
+                self._claimed[(tenant, gateway)] = batch
             return "new", None
 
     def commit(self, key: Key) -> None:
@@ -104,6 +108,17 @@ class Ledger:
         """Record a key found durable during recovery."""
         with self._lock:
             self._done.setdefault(key[:2], RangeSet()).add(key[2])  # type: ignore[arg-type]
+
+    def last(self, tenant: str, gateway: str) -> int | None:
+        """The highest batch number of a gateway that is durable, or was claimed for writing since
+        this server started (also when that write failed: the batch may come again, as an MQTT
+        broker sends an unacknowledged message again); None if none."""
+        with self._lock:
+            ranges = self._done.get((tenant, gateway))
+            durable = ranges.last if ranges is not None else None
+            claimed = self._claimed.get((tenant, gateway))
+        found = [n for n in (durable, claimed) if n is not None]
+        return max(found) if found else None
 
     def ranges(self, tenant: str, gateway: str) -> RangeSet:
         with self._lock:

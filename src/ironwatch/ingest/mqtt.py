@@ -23,7 +23,9 @@ and an admitting thread takes every message queued meanwhile (up to :data:`GROUP
 log record and one fsync per group, not per message. A lone message is admitted at once.
 
 The topic is the only identity a message has, so the broker's access rules must allow a gateway
-to publish only under its own tenant, site and gateway.
+to publish only under its own tenant, site and gateway. A heartbeat that names a Response Topic
+(MQTT v5 request/response) is answered there, as HTTP answers it, with the highest batch number of
+the gateway the server holds or has begun to write; only the gateway's own ``.../answer`` topic is served.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+import orjson
 
 from ironwatch.config import Settings
 from ironwatch.errors import (
@@ -115,6 +119,11 @@ class Broker:
         return cls(parts.hostname, port or (8883 if is_tls else 1883), is_tls)
 
 
+def answer_topic(tenant: str, site: str, gateway: str) -> str:
+    """Where the server answers a gateway's heartbeats (the gateway names it as the Response Topic)."""
+    return f"ironwatch/{tenant}/{site}/{gateway}/answer"
+
+
 def topic_filters(share_group: str) -> list[str]:
     """The shared-subscription filters the server subscribes to."""
     return [f"$share/{share_group}/ironwatch/+/+/+/{kind}" for kind in KINDS]
@@ -136,13 +145,15 @@ class _Delivery:
 
 @dataclasses.dataclass(frozen=True)
 class _Queued:
-    """A readings message whose topic checked out, waiting for the admitting thread."""
+    """A readings message whose topic checked out, waiting for the admitting thread; or, with
+    ``answer``, a heartbeat's answer, sent once every message queued before it has been admitted."""
 
     delivery: _Delivery | None
     principal: Principal
     topic: str
     #: The message as JSON (a gzipped message is kept unzipped, so quarantine shows it readable).
     body: bytes
+    answer: Callable[[], None] | None = None
 
 
 class _Acks:
@@ -236,6 +247,9 @@ class Subscriber:
         self._inbox_cond = threading.Condition()
         self._admitters: list[threading.Thread] = []
         self._admitter_stop = False
+        #: Groups taken from the inbox and still being admitted, by the order they were taken in.
+        self._next_ticket = 0
+        self._admitting: set[int] = set()
 
     # life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -474,7 +488,7 @@ class Subscriber:
             principal = Principal(tenant, Role.GATEWAY, key_id="mqtt", site=site, gateway=gateway)
             body = self._unwrap(payload)
             if kind == "heartbeat":
-                self._heartbeat(principal, body)
+                self._heartbeat(principal, body, message)
                 self._acks.settle(delivery, ack=True)
                 return
         except IronwatchError as exc:
@@ -501,14 +515,35 @@ class Subscriber:
                     self._inbox_cond.wait()
                 if self._admitter_stop:
                     return
-                group: list[_Queued] = []
-                size = 0
-                while self._inbox and len(group) < GROUP_MAX_MESSAGES and size < GROUP_MAX_BYTES:
-                    queued = self._inbox.popleft()
-                    group.append(queued)
-                    size += len(queued.body)
-                self._inbox_bytes -= size
+                ticket = self._next_ticket
+                self._next_ticket += 1
+                if self._inbox[0].answer is not None:
+                    # A heartbeat's answer counts every batch queued before it: wait until the
+                    # groups taken earlier (by any admitting thread) are admitted.
+                    answer = self._inbox.popleft().answer
+                    while any(t < ticket for t in self._admitting) and not self._admitter_stop:
+                        self._inbox_cond.wait()
+                    if self._admitter_stop:  # it could miss batches still being admitted
+                        return
+                else:
+                    answer = None
+                    group: list[_Queued] = []
+                    size = 0
+                    while (
+                        self._inbox
+                        and self._inbox[0].answer is None
+                        and len(group) < GROUP_MAX_MESSAGES
+                        and size < GROUP_MAX_BYTES
+                    ):
+                        queued = self._inbox.popleft()
+                        group.append(queued)
+                        size += len(queued.body)
+                    self._inbox_bytes -= size
+                    self._admitting.add(ticket)
                 self._inbox_cond.notify_all()  # the network thread may wait for room
+            if answer is not None:
+                self._run_answer(answer)
+                continue
             try:
                 self._admit(group)
             except Exception:
@@ -516,6 +551,17 @@ class Subscriber:
                 log.exception("MQTT: %d messages could not be handled; left unacknowledged", len(group))
                 for queued in group:
                     self._acks.settle(queued.delivery, ack=False)
+            finally:
+                with self._inbox_cond:
+                    self._admitting.discard(ticket)
+                    self._inbox_cond.notify_all()
+
+    @staticmethod
+    def _run_answer(answer: Callable[[], None]) -> None:
+        try:
+            answer()
+        except Exception:  # the gateway asks again
+            log.exception("MQTT: a heartbeat's answer could not be sent")
 
     def _admit(self, group: list[_Queued]) -> None:
         refusals = self._pipeline.ingest_many(
@@ -568,12 +614,44 @@ class Subscriber:
             return gunzip(payload, self._max_body_bytes)
         return payload
 
-    def _heartbeat(self, principal: Principal, body: bytes) -> None:
+    def _heartbeat(self, principal: Principal, body: bytes, message: MQTTMessage) -> None:
         doc = parse_json(body)
         if not isinstance(doc, dict):
             raise InvalidInput("body", f"expected a JSON object, got {type(doc).__name__}")
         beat = parse_heartbeat(doc, principal)
         self._pipeline.heartbeat(principal.tenant, beat, may_register=False)
+        props = getattr(message, "properties", None)
+        topic = getattr(props, "ResponseTopic", None)
+        if topic is None:
+            return
+        if topic != answer_topic(principal.tenant, principal.site or "", principal.gateway or ""):
+            log.warning("MQTT: a heartbeat asks for an answer on %r, not its answer topic; none sent", topic)
+            return
+        correlation = getattr(props, "CorrelationData", None)
+        answer = partial(self._answer, principal, topic, correlation)
+        with self._inbox_cond:  # after the batches queued before it (no room needed: it has no body)
+            self._inbox.append(_Queued(None, principal, topic, b"", answer))
+            self._inbox_cond.notify_all()
+
+    def _answer(self, principal: Principal, topic: str, correlation: bytes | None) -> None:
+        """Answer a heartbeat that asks for it (MQTT v5 request/response: a Response Topic and
+        Correlation Data) with the highest batch number of its gateway the server holds or has
+        begun to write. Only the gateway's own answer topic is served, so a message can never make the
+        server publish elsewhere."""
+        client = self._client
+        if client is None:
+            return
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        gateway = principal.gateway or ""
+        doc = {"gateway": gateway, "last_batch_stored": self._pipeline.ledger.last(principal.tenant, gateway)}
+        out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if correlation is not None:
+            out.CorrelationData = correlation
+        info = client.publish(topic, orjson.dumps(doc), qos=1, properties=out)
+        if info.rc != _paho().MQTT_ERR_SUCCESS:
+            log.info("MQTT: cannot answer the heartbeat on %s: %s", topic, _paho().error_string(info.rc))
 
     def _reject(
         self, delivery: _Delivery | None, tenant: str, topic: str, payload: bytes, error: IronwatchError

@@ -723,11 +723,13 @@ class Pipeline:
         for _ in outcomes:
             observe(seconds)
 
-    def heartbeat(self, tenant: str, beat: dict[str, Any], *, may_register: bool = True) -> None:
-        """Keep a checked heartbeat as the gateway's latest state."""
+    def heartbeat(self, tenant: str, beat: dict[str, Any], *, may_register: bool = True) -> int | None:
+        """Keep a checked heartbeat as the gateway's latest state; returns the highest batch number of
+        the gateway held or begun to be written (None: none), which a new outbox numbers its batches after."""
         self._check_gateway(tenant, beat["gateway"], beat["site"], may_register=may_register)
         self.store.record_heartbeat(tenant, beat["gateway"], beat)
         self.health.heartbeat(tenant, beat)
+        return self.ledger.last(tenant, beat["gateway"])
 
     def quarantine_message(
         self, tenant: str, payload: bytes, reason: str, transport: str, topic: str | None = None

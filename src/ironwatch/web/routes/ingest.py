@@ -41,10 +41,14 @@ async def ingest(request: Request) -> Response:
 
 @router.post("/heartbeat", response_model=None)
 async def heartbeat(request: Request) -> dict[str, Any]:
-    """Record a gateway heartbeat (buffer depth, oldest buffered reading, last batch, sensor status)."""
+    """Record a gateway heartbeat (buffer depth, oldest buffered reading, last batch, sensor status).
+
+    The answer's ``last_batch_stored`` is the highest batch number of the gateway the server holds
+    or has begun to write (null: none): a gateway with a new outbox numbers its batches after it.
+    """
     services = _services(request)
     principal = services.auth.require(request, *WRITERS)
     doc = await body.read_json(request, int(services.settings.server.max_body_bytes))
     beat = parse_heartbeat(doc, principal)
-    services.pipeline.heartbeat(principal.tenant, beat)
-    return {"recorded": True, "gateway": beat["gateway"]}
+    stored = services.pipeline.heartbeat(principal.tenant, beat)
+    return {"recorded": True, "gateway": beat["gateway"], "last_batch_stored": stored}
