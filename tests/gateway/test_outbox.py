@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import wait_until
-from ironwatch.gateway.outbox import OutboxError, decode_sample, open_outbox
+from ironwatch.gateway.outbox import Outbox, OutboxError, decode_sample, open_outbox
 from ironwatch.gateway.source import SAMPLE_SCHEMA
 
 T0 = 1_790_000_000_000
@@ -253,6 +254,7 @@ def test_status_reads_an_outbox_by_its_path_or_through_the_config(tmp_path: Path
     counts, via_config = orjson.loads(by_path.stdout), orjson.loads(by_config.stdout)
     assert (counts["sampled"], counts["acknowledged"], counts["buffered"]) == (1500, 1000, 500)
     assert counts["is_running"] is None and via_config["is_running"] is False
+    assert counts["numbering"] == "waiting for the server"  # never sent: a new outbox waits
     assert {k: v for k, v in counts.items() if k != "is_running"} == {
         k: v for k, v in via_config.items() if k != "is_running"
     }
@@ -265,6 +267,10 @@ def test_status_reads_an_outbox_by_its_path_or_through_the_config(tmp_path: Path
     ).stdout
     assert text.startswith(f"gateway gw-9 (site hall-z), outbox {tmp_path / 'outbox.db'}\n"), text
     assert "is_running           unknown" in text
+    box = open_outbox(tmp_path / "outbox.db", gateway="gw-9", site="hall-z", max_bytes=64 << 20)
+    box.fix_numbering(None)
+    box.close()
+    assert orjson.loads(status("--outbox", str(tmp_path / "outbox.db")).stdout)["numbering"] == "settled"
 
 
 @pytest.mark.parametrize("what", ["missing", "text", "another sqlite"])
@@ -280,3 +286,141 @@ def test_status_of_a_path_that_is_no_outbox_is_one_clear_error(tmp_path: Path, w
     assert what != "missing" or not path.exists()  # looking did not create it
     if what == "text":
         assert path.read_text() == "not a database\n" * 100  # nor change it
+
+
+def test_a_new_outbox_moves_its_numbers_past_the_servers_once(tmp_path: Path) -> None:
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=1 << 20)
+    assert box.numbering_is_provisional
+    i = 0
+    while box.counts().dropped == 0:  # fill until the buffer drops its oldest batch
+        box.add(readings(5000, start_ms=T0 + i * 500_000, seed=i + 1))
+        box.form_batches(5000, max_age_s=60)
+        i += 1
+    before = box.counts()
+    old = box.next_batches(1000)
+    assert old[0].is_tombstone and not old[-1].is_tombstone
+
+    assert box.fix_numbering(41) == 41
+    assert not box.numbering_is_provisional
+    batches = box.next_batches(1000)
+    assert [b.seq for b in batches] == [b.seq + 41 for b in old]
+    assert [payload(b.payload)["batch"] for b in batches] == [b.seq + 41 for b in old]
+    assert [b.is_tombstone for b in batches] == [b.is_tombstone for b in old]
+    for was, now in zip(old, batches, strict=True):  # the same readings
+        assert payload(now.payload)["columns"] == payload(was.payload)["columns"]
+    after = box.counts()
+    assert after.last_batch == before.last_batch + 41
+    assert (after.buffered, after.dropped, after.sampled) == (before.buffered, before.dropped, before.sampled)
+    assert box.size_bytes == after.buffer_bytes, "the running size agrees with the database"
+
+    # The numbers are fixed now, also after a restart, and new batches follow them.
+    assert box.fix_numbering(1000) == 0
+    box.close()
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=1 << 20)
+    assert not box.numbering_is_provisional
+    box.add(readings(10, start_ms=T0 + 10**9))
+    box.form_batches(10, max_age_s=0)
+    assert box.next_batches(1000)[-1].seq == after.last_batch + 1
+    box.close()
+
+
+def test_an_outbox_moves_no_number_that_was_sent_or_that_the_server_is_behind(tmp_path: Path) -> None:
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=64 << 20)
+    box.add(readings(2000))
+    box.form_batches(1000, max_age_s=60, now_ms=T0)
+    box.mark_attempted(box.next_batches(1)[0])
+    assert box.fix_numbering(10) == 0  # batch 1 may already be at the server under its number
+    assert [b.seq for b in box.next_batches(5)] == [1, 2]
+    box.close()
+
+    other = open_outbox(tmp_path / "p.db", gateway="gw-2", site="hall-a", max_bytes=64 << 20)
+    other.add(readings(2000))
+    other.form_batches(1000, max_age_s=60, now_ms=T0)
+    assert other.fix_numbering(None) == 0  # the server holds nothing of this gateway
+    assert [b.seq for b in other.next_batches(5)] == [1, 2]
+    other.close()
+
+
+def test_an_outbox_from_before_provisional_numbers_keeps_its_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = open_outbox(path, gateway="gw-1", site="hall-a", max_bytes=64 << 20)
+    box.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'numbering'")
+    box = open_outbox(path, gateway="gw-1", site="hall-a", max_bytes=64 << 20)
+    assert not box.numbering_is_provisional
+    box.close()
+
+
+def _assert_numbers_whole(box: Outbox) -> list[int]:
+    batches = box.next_batches(100_000)
+    seqs = [b.seq for b in batches]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "numbers stay contiguous"
+    assert [payload(b.payload)["batch"] for b in batches] == seqs, "each envelope carries its number"
+    assert box.size_bytes == box.counts().buffer_bytes, "the running size agrees with the database"
+    return seqs
+
+
+def test_a_move_cut_short_is_finished_with_the_same_shift_after_a_restart(tmp_path: Path) -> None:
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=64 << 20)
+    box.add(readings(100 * 100))
+    box.form_batches(100, max_age_s=60, now_ms=T0)
+    # The move's first steps, then a "crash" (the process ends between two transactions).
+    assert box._plan_move(1000) == 1000
+    assert box._move_some()
+    box.close()
+
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=64 << 20)
+    assert box.numbering_is_provisional and box.numbering_is_moving
+    assert box.fix_numbering(None) == 1000  # what the server says now no longer matters
+    assert not box.numbering_is_provisional and not box.numbering_is_moving
+    assert _assert_numbers_whole(box) == list(range(1001, 1101))
+    box.close()
+
+
+def test_sampling_goes_on_while_a_new_outbox_moves_its_numbers(tmp_path: Path) -> None:
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=64 << 20)
+    box.add(readings(300 * 100))
+    box.form_batches(100, max_age_s=60, now_ms=T0)
+    stop = threading.Event()
+
+    def sample() -> None:
+        i = 1
+        while not stop.is_set():
+            box.add(readings(100, start_ms=T0 + i * 10**7, seed=i))
+            box.form_batches(100, max_age_s=60)
+            i += 1
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        assert box.fix_numbering(5000) == 5000
+    finally:
+        stop.set()
+        sampler.join()
+    seqs = _assert_numbers_whole(box)
+    assert seqs[0] == 5001 and len(seqs) > 300
+    assert box.counts().sampled == box.counts().buffered
+    box.close()
+
+
+def test_a_transaction_the_disk_refuses_leaves_the_counts_as_the_file_has_them(tmp_path: Path) -> None:
+    box = open_outbox(tmp_path / "o.db", gateway="gw-1", site="hall-a", max_bytes=1 << 20)
+    i = 0
+    while box.counts().dropped == 0:  # a full buffer: the next add tombstones before it inserts
+        box.add(readings(5000, start_ms=T0 + i * 500_000, seed=i + 1))
+        box.form_batches(5000, max_age_s=60)
+        i += 1
+    before = box.counts()
+    # SQLite itself refuses the insert that follows the tombstoning, as a full disk would.
+    box._writer.execute(
+        "CREATE TEMP TRIGGER full BEFORE INSERT ON pending BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="disk full"):
+        box.add(readings(5000, start_ms=T0 + 10**9, seed=99))
+    box._writer.execute("DROP TRIGGER temp.full")
+    assert box.counts() == before, "the failed add changed nothing in the file"
+    assert box.size_bytes == before.buffer_bytes, "... nor in what the outbox believes"
+    box.add(readings(10, start_ms=T0 + 2 * 10**9))
+    assert box.size_bytes == box.counts().buffer_bytes
+    box.close()

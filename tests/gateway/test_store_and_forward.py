@@ -267,7 +267,27 @@ def test_init_writes_a_config_that_check_accepts(lab: Lab, tmp_path: Path) -> No
     path.write_text(init.stdout.replace("port = 9108", "port = 0"))
     check = _cli("check", "--config", str(path))
     assert check.returncode == 0, check.stdout + check.stderr
-    assert check.stdout.splitlines()[-1].endswith("ok (the server took a heartbeat)")
+    assert check.stdout.splitlines()[-1].endswith("ok (the server took a heartbeat and answered it)")
+
+
+def test_check_over_mqtt_needs_the_servers_answer(lab: Lab, tmp_path: Path, broker: Broker) -> None:
+    lab.tenant("acme")
+    lab.store.add_gateway("acme", GATEWAY, "hall-t")
+    server = lab.server("--mqtt-url", broker.url)
+    config = simulator_config(tmp_path / "gw", broker.url, tenant="acme")
+    gateway = GatewayProcess(config).start()  # check runs beside the gateway, under its own client id
+    try:
+        wait_for(gateway, lambda s: s["acknowledged"] > 0, "acknowledged > 0")
+        check = _cli("check", "--config", str(config))
+        assert gateway.status()["is_running"]
+    finally:
+        gateway.kill()
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.splitlines()[-1].endswith("ok (the server took a heartbeat and answered it)")
+    server.stop()  # the broker still takes heartbeats for the server's session, but none is answered
+    check = _cli("check", "--config", str(config))
+    assert check.returncode == 1
+    assert "no answer to the heartbeat on ironwatch/acme/hall-t/gw-test/answer within 3 s" in check.stdout
 
 
 def test_a_gateway_polling_a_modbus_plc_that_goes_away_and_comes_back(lab: Lab, tmp_path: Path) -> None:
@@ -369,6 +389,22 @@ def test_backfill_sends_history_once_even_across_restarts(lab: Lab, tmp_path: Pa
     assert 0.019 * 86_400_000 < age_ms < 0.025 * 86_400_000
 
 
+def run_until_refused(config: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Run a gateway with 86 s of history until a batch was refused and later ones delivered; its
+    final counts and the dead-letter file's entries, which account for every refused reading."""
+    import json
+
+    gateway = GatewayProcess(config, ["--backfill", "0.001"]).start()
+    try:
+        wait_for(gateway, lambda s: s["dead_lettered"] > 0 and s["acknowledged"] > 500, "a refused batch")
+        counts = gateway.stop()
+    finally:
+        gateway.kill()
+    letters = [json.loads(line) for line in (config.parent / "outbox-dead.jsonl").read_text().splitlines()]
+    assert sum(letter["readings"] for letter in letters) == counts["dead_lettered"]
+    return counts, letters
+
+
 def test_a_refused_batch_goes_to_the_dead_letter_file_and_the_gateway_goes_on(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -383,14 +419,7 @@ def test_a_refused_batch_goes_to_the_dead_letter_file_and_the_gateway_goes_on(
     config = simulator_config(
         tmp_path / "gw", server.url, key=tenant.keys["gateway"], sensors=5, batch_max_readings=2000
     )
-    gateway = GatewayProcess(config, ["--backfill", "0.001"]).start()  # 86 s of history
-    try:
-        wait_for(gateway, lambda s: s["dead_lettered"] > 0 and s["acknowledged"] > 500, "a refused batch")
-        counts = gateway.stop()
-    finally:
-        gateway.kill()
-    letters = [json.loads(line) for line in (config.parent / "outbox-dead.jsonl").read_text().splitlines()]
-    assert sum(letter["readings"] for letter in letters) == counts["dead_lettered"]
+    counts, letters = run_until_refused(config)
     assert {letter["status"] for letter in letters} == {413}
     assert letters[0]["answer"]["error"]["code"] == "too_large"
     kept = json.loads(gzip.decompress(base64.b64decode(letters[0]["payload_gzip_base64"])))
@@ -407,3 +436,21 @@ def test_backfill_with_a_simulated_start_time_is_refused_in_one_line(tmp_path: P
     result = _cli("--config", str(path), "--backfill", "1")
     assert result.returncode == 1
     assert result.stderr == "error: setting --backfill: cannot be combined with a simulator's start option\n"
+
+
+def test_a_batch_over_the_brokers_packet_limit_is_dead_lettered_and_the_gateway_goes_on(
+    lab: Lab, tmp_path: Path, broker: Broker
+) -> None:
+    broker.stop()  # Mosquitto tells MQTT v5 clients its Maximum Packet Size when they connect
+    broker.conf.write_text(broker.conf.read_text() + "max_packet_size 5000\n")
+    broker.start()
+    tenant = lab.tenant("acme")
+    lab.store.add_gateway("acme", GATEWAY, "hall-t")
+    server = lab.server("--mqtt-url", broker.url)
+    # The history batches of 2000 readings are over 5 kB gzipped, the live ones of a few dozen are not.
+    config = simulator_config(tmp_path / "gw", broker.url, tenant="acme", sensors=5, batch_max_readings=2000)
+    counts, letters = run_until_refused(config)
+    assert letters[0]["answer"]["error"]["code"] == "too_large"
+    assert "takes packets of at most 5000 bytes" in letters[0]["answer"]["error"]["message"]
+    with server.client(tenant.keys["analyst"]) as analyst:
+        assert_lake_matches(analyst, counts)

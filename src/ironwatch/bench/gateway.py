@@ -119,6 +119,7 @@ def run_gateway_bench(
 def _drain(
     config: Any, outage_h: float, server: ServerProcess, analyst_key: str, say: Progress
 ) -> dict[str, Any]:
+    from ironwatch.gateway.agent import heartbeat_doc
     from ironwatch.gateway.config import build_source
     from ironwatch.gateway.outbox import open_outbox
     from ironwatch.gateway.sender import DeadLetters, Sender
@@ -154,6 +155,7 @@ def _drain(
         Backoff(0.05, 2.0),
         in_flight=config.uplink.in_flight,
         stop=stop,
+        heartbeat=lambda: heartbeat_doc(outbox, int(time.time() * 1000), {}),
     )
     t0 = time.monotonic()
     last_said = t0

@@ -58,6 +58,21 @@ def iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def heartbeat_doc(outbox: Outbox, now_ms: int, sensors: dict[str, Any]) -> dict[str, Any]:
+    """A heartbeat document (ARCHITECTURE.md) of the gateway that owns ``outbox``."""
+    counts = outbox.counts()
+    return {
+        "gateway": outbox.gateway,
+        "site": outbox.site,
+        "ts": iso(now_ms),
+        "buffer_depth": counts.buffered,
+        "oldest_buffered_ts": iso(counts.oldest_buffered_ms),
+        "last_batch": counts.last_batch,
+        "dropped": counts.dropped,
+        "sensors": sensors,
+    }
+
+
 class Gateway:
     """One gateway process; build it, ``run`` it, set ``stop`` to end it."""
 
@@ -88,6 +103,7 @@ class Gateway:
             Backoff(config.uplink.backoff_min_s, config.uplink.backoff_max_s),
             in_flight=config.uplink.in_flight,
             stop=self.stop,
+            heartbeat=self.heartbeat,
         )
         self.heartbeats_sent = 0
         self.metrics_port: int | None = None
@@ -170,17 +186,7 @@ class Gateway:
     def heartbeat(self) -> dict[str, Any]:
         """The heartbeat document of ARCHITECTURE.md, from the outbox's exact counts."""
         now_ms = int(time.time() * 1000)
-        counts = self.outbox.counts()
-        return {
-            "gateway": self.config.gateway,
-            "site": self.config.site,
-            "ts": iso(now_ms),
-            "buffer_depth": counts.buffered,
-            "oldest_buffered_ts": iso(counts.oldest_buffered_ms),
-            "last_batch": counts.last_batch,
-            "dropped": counts.dropped,
-            "sensors": self.board.statuses(now_ms),
-        }
+        return heartbeat_doc(self.outbox, now_ms, self.board.statuses(now_ms))
 
     def _backfill(self) -> None:
         # The range is fixed by the first run and kept in the outbox: a restart resumes it and

@@ -187,11 +187,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"sources[{i}] {source.name}: {exc}")
         finally:
             source.close()
-    uplink = open_uplink(config)
+    uplink = open_uplink(config, is_probe=True)
     beat = {"gateway": config.gateway, "site": config.site, "ts": iso(int(time.time() * 1000))}
     try:
         uplink.check(beat)
-        print(f"uplink {uplink.target}: ok (the server took a heartbeat)")
+        print(f"uplink {uplink.target}: ok (the server took a heartbeat and answered it)")
     except IronwatchError as exc:
         failures += 1
         print(f"uplink {uplink.target}: {exc}")
@@ -219,6 +219,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     max_bytes = config.buffer_max_bytes if config is not None else gwconfig.GatewayConfig.buffer_max_bytes
     outbox = open_outbox(path, gateway=gateway, site=site, max_bytes=max_bytes)
     counts: dict[str, Any] = dict(outbox.counts().to_dict())
+    # A new outbox sends nothing until the server has said which batch numbers it holds.
+    counts["numbering"] = "waiting for the server" if outbox.numbering_is_provisional else "settled"
     outbox.close()
     counts["oldest_buffered_ts"] = iso(counts.pop("oldest_buffered_ms")) or "-"
     # Whether it runs is asked of its metrics endpoint, whose address only the config knows.

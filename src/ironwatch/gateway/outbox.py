@@ -12,6 +12,12 @@ dropped and their readings counted in ``dropped``. A dropped batch keeps its num
 *tombstone*, sent like any batch, so the server's sequence has no gap that will never close; the
 loss itself is reported by the ``dropped`` count in heartbeats and metrics.
 
+A new outbox's batch numbers are *provisional* until the server has said which numbers of this
+gateway it already holds (a gateway rebuilt or given a new disk under a known id): before its first
+send, :meth:`Outbox.fix_numbering` moves every batch past the server's last one, re-encoding the
+envelopes, so its readings are not taken for duplicates of the old ones. Nothing has been sent by
+then, so a number still always means the same readings to the server.
+
 Counters live in the same database as the data they count and change in the same transactions, so
 they are exact across restarts and ``kill -9``: the lake ends up holding ``sampled - dropped``
 readings, minus what was dead-lettered.
@@ -42,6 +48,8 @@ from ironwatch.gateway.source import SAMPLE_SCHEMA
 COUNTERS = ("sampled", "acknowledged", "dropped", "dead_lettered")
 _IPC_OPTIONS = ipc.IpcWriteOptions(compression="zstd")
 _GZIP_LEVEL = 5
+#: Batches re-encoded per transaction while a new outbox moves its numbers (~0.1 s of work).
+_MOVE_CHUNK = 32
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -126,6 +134,17 @@ def envelope(gateway: str, site: str, seq: int, table: pa.Table) -> bytes:
             "value": table.column("value").to_numpy(),
         },
     }
+    return _gzip_json(doc)
+
+
+def renumbered(payload: bytes, seq: int) -> bytes:
+    """A gzip-encoded envelope with its batch number changed to ``seq``."""
+    doc = orjson.loads(gzip.decompress(payload))
+    doc["batch"] = seq
+    return _gzip_json(doc)
+
+
+def _gzip_json(doc: dict[str, Any]) -> bytes:
     return gzip.compress(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), _GZIP_LEVEL, mtime=0)
 
 
@@ -139,6 +158,10 @@ class Outbox:
         self.max_bytes = max_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._size_bytes, self._pending_readings = 0, 0
+        self._pending_since_ms: int | None = None
+        #: What :func:`_numbering` says of the file, as of the last committed transaction.
+        self._numbering_state = "fixed"
         try:
             self._writer = _connect(path, "FULL")
             self._writer.executescript(_SCHEMA)
@@ -158,7 +181,8 @@ class Outbox:
             rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             if not rows:
                 conn.executemany(
-                    "INSERT INTO meta VALUES (?, ?)", [("gateway", self.gateway), ("site", self.site)]
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [("gateway", self.gateway), ("site", self.site), ("numbering", "provisional")],
                 )
                 conn.executemany("INSERT INTO counters VALUES (?, 0)", [(name,) for name in COUNTERS])
                 conn.execute("INSERT INTO counters VALUES ('next_seq', 1)")
@@ -166,12 +190,14 @@ class Outbox:
                 raise OutboxError(
                     f"outbox {self.path} belongs to gateway {rows.get('gateway')} of site "
                     f"{rows.get('site')}, not {self.gateway} of {self.site}: give this gateway its own "
-                    "buffer.path (a new outbox for an id the server knows restarts its batch numbers, "
-                    "which the server takes as duplicates)"
+                    "buffer.path (its batch numbers are the other gateway's, and its readings would be "
+                    "sent under the wrong name)"
                 )
+            # Outboxes made before numbers could be provisional have sent theirs already.
+            self._numbering_state = "provisional" if not rows else str(rows.get("numbering", "fixed"))
 
     def _transaction(self, conn: sqlite3.Connection) -> _Transaction:
-        return _Transaction(conn, self._lock)
+        return _Transaction(conn, self)
 
     def _stored_bytes(self) -> int:
         row = self._writer.execute(
@@ -247,9 +273,11 @@ class Outbox:
                 )
                 size_bytes += len(data)
             _bump(conn, "next_seq", formed)
+            # Inside the transaction, under the lock: what another thread's failed transaction puts
+            # back is then never older than this.
             self._size_bytes = size_bytes
-        self._pending_readings = rest.num_rows
-        self._pending_since_ms = since if rest.num_rows else None
+            self._pending_readings = rest.num_rows
+            self._pending_since_ms = since if rest.num_rows else None
         return formed
 
     def _insert_batch(self, conn: sqlite3.Connection, seq: int, table: pa.Table) -> int:
@@ -294,6 +322,78 @@ class Outbox:
                 self._pending_readings -= readings
 
     # -- sending -----------------------------------------------------------------------------------
+
+    @property
+    def numbering_is_provisional(self) -> bool:
+        """True while this new outbox's numbers are not settled: it has not yet heard which batch
+        numbers the server holds, or it is still moving its batches past them."""
+        return self._numbering_state != "fixed"
+
+    @property
+    def numbering_is_moving(self) -> bool:
+        """True when the move past the server's numbers was decided but not finished (a restart
+        in between): :meth:`fix_numbering` finishes it whatever the server says now."""
+        return self._numbering_state.startswith("moving:")
+
+    def fix_numbering(self, server_last: int | None) -> int:
+        """Number the batches after ``server_last``, the highest batch of this gateway the server
+        holds (None: it holds none), and keep the numbers from now on; returns how far they moved.
+
+        Only a provisional outbox moves its numbers, and only while none of its batches was sent.
+        New numbers are given at once (later batches get theirs); the stored envelopes are then
+        re-encoded a few batches per transaction, so sampling waits for a moment at most, and a
+        restart in between finishes the same move.
+        """
+        shift = self._plan_move(server_last)
+        while self._move_some():
+            pass
+        return shift
+
+    def _plan_move(self, server_last: int | None) -> int:
+        # The state is read from the file inside each transaction: it is the truth, also for two
+        # threads at once and after a crash; the attribute follows it (put back on a rollback).
+        with self._transaction(self._writer) as conn:
+            state = _numbering(conn)
+            shift = int(state.split(":")[1]) if state.startswith("moving:") else 0
+            if state == "provisional":
+                if server_last is not None:
+                    first, attempted = conn.execute(
+                        "SELECT min(seq), coalesce(max(attempts), 0) FROM batches"
+                    ).fetchone()
+                    first = _counter(conn, "next_seq") if first is None else first
+                    shift = max(0, server_last + 1 - first) if not attempted else 0
+                if shift:
+                    below = _counter(conn, "next_seq")  # batches below it carry the old numbers
+                    _bump(conn, "next_seq", shift)
+                    state = f"moving:{shift}:{below}"
+                else:
+                    state = "fixed"
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('numbering', ?)", (state,))
+            self._numbering_state = state
+        return shift
+
+    def _move_some(self) -> bool:
+        """Move the next few batches; False once every batch carries its new number."""
+        with self._transaction(self._writer) as conn:
+            state = _numbering(conn)
+            if state.startswith("moving:"):
+                shift, below = (int(x) for x in state.split(":")[1:])
+                # From the highest old number down, so a moved batch never meets one not yet moved.
+                rows = conn.execute(
+                    "SELECT seq, payload FROM batches WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                    (below, _MOVE_CHUNK),
+                ).fetchall()
+                for seq, payload in rows:
+                    moved = renumbered(bytes(payload), seq + shift)
+                    conn.execute(
+                        "UPDATE batches SET seq = ?, payload = ?, size_bytes = ? WHERE seq = ?",
+                        (seq + shift, moved, len(moved), seq),
+                    )
+                    self._size_bytes += len(moved) - len(payload)  # put back if this rolls back
+                state = f"moving:{shift}:{rows[-1][0]}" if len(rows) == _MOVE_CHUNK else "fixed"
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('numbering', ?)", (state,))
+            self._numbering_state = state
+        return state.startswith("moving:")
 
     def next_batches(self, limit: int = 1, after_seq: int = 0) -> list[Batch]:
         """The oldest batches waiting to be sent (after ``after_seq``), in sequence order."""
@@ -397,30 +497,54 @@ class Outbox:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``) under the outbox's lock."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``) under the outbox's lock. What the outbox
+    keeps in memory about the file (its size, the pending readings, the numbering's state) is put
+    back when the transaction does not commit, so it never disagrees with the file (a full disk)."""
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
+    def __init__(self, conn: sqlite3.Connection, outbox: Outbox) -> None:
         self.conn = conn
-        self.lock = lock
+        self.outbox = outbox
+        self.saved: tuple[int, int, int | None, str] = (0, 0, None, "")
 
     def __enter__(self) -> sqlite3.Connection:
-        self.lock.acquire()
+        self.outbox._lock.acquire()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except BaseException:
-            self.lock.release()
+            self.outbox._lock.release()
             raise
+        box = self.outbox
+        self.saved = (box._size_bytes, box._pending_readings, box._pending_since_ms, box._numbering_state)
         return self.conn
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
         try:
-            self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+            if kind is None:
+                try:
+                    self.conn.execute("COMMIT")
+                    return
+                except BaseException:
+                    self._undo()
+                    raise
+            self._undo()
         finally:
-            self.lock.release()
+            self.outbox._lock.release()
+
+    def _undo(self) -> None:
+        box = self.outbox
+        box._size_bytes, box._pending_readings, box._pending_since_ms, box._numbering_state = self.saved
+        if self.conn.in_transaction:  # a failed COMMIT may have ended it already
+            self.conn.execute("ROLLBACK")
 
 
 def _bump(conn: sqlite3.Connection, name: str, by: int) -> None:
     conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
+
+
+def _numbering(conn: sqlite3.Connection) -> str:
+    """``provisional``, ``moving:{shift}:{below}`` or ``fixed`` (outboxes older than the field)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'numbering'").fetchone()
+    return "fixed" if row is None else str(row[0])
 
 
 def _counter(conn: sqlite3.Connection, name: str) -> int:

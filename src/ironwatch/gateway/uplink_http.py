@@ -17,7 +17,7 @@ import orjson
 
 from ironwatch.gateway.config import GatewayConfig
 from ironwatch.gateway.outbox import Batch
-from ironwatch.gateway.uplink import REFUSING_STATUSES, LinkDown, Result
+from ironwatch.gateway.uplink import REFUSING_STATUSES, LinkDown, Result, last_batch_stored
 
 _INGEST = "/api/v1/ingest"
 _HEARTBEAT = "/api/v1/heartbeat"
@@ -93,14 +93,22 @@ class HttpUplink:
 
     def heartbeat(self, doc: dict[str, Any]) -> None:
         """Post one heartbeat."""
+        self._heartbeat(doc)
+
+    def _heartbeat(self, doc: dict[str, Any]) -> Any:
         headers = {"Authorization": self._headers["Authorization"], "Content-Type": "application/json"}
         status, body, _ = self._pool.submit(self._request, _HEARTBEAT, orjson.dumps(doc), headers).result()
         if status != 200:
             raise LinkDown(f"{self.target} answered the heartbeat with {status}: {_message(_answer(body))}")
+        return _answer(body)
+
+    def last_batch_stored(self, heartbeat: dict[str, Any]) -> int | None:
+        """Post a heartbeat; the answer's ``last_batch_stored``."""
+        return last_batch_stored(self._heartbeat(heartbeat), self.target)
 
     def check(self, heartbeat: dict[str, Any]) -> None:
-        """Prove the server, the key and the gateway's site with one real heartbeat."""
-        self.heartbeat(heartbeat)
+        """Prove the server, the key and the gateway's site with one real heartbeat, answered."""
+        self.last_batch_stored(heartbeat)
 
     def close(self) -> None:
         """Close every connection."""

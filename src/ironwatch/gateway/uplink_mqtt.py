@@ -9,10 +9,15 @@ happens for a moment after a broker restart, before the server's shared subscrip
 The session is persistent (clean start off, a session expiry), and messages are republished from
 the outbox after any reconnection, so a message lost with a connection is sent again; the server
 answers a batch it already holds as a duplicate.
+
+A heartbeat can ask the server for an answer the MQTT v5 way (a Response Topic and Correlation
+Data): the server publishes it to ``ironwatch/{tenant}/{site}/{gateway}/answer``, which this uplink
+subscribes to. A new outbox learns that way which batch numbers the server already holds.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 import time
@@ -26,23 +31,29 @@ import orjson
 from ironwatch.errors import MissingDependency
 from ironwatch.gateway.config import GatewayConfig
 from ironwatch.gateway.outbox import Batch
-from ironwatch.gateway.uplink import LinkDown, Result
+from ironwatch.gateway.uplink import LinkDown, NoAnswer, Result, last_batch_stored
 
 if TYPE_CHECKING:
-    from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
+    from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
     from paho.mqtt.properties import Properties
     from paho.mqtt.reasoncodes import ReasonCode
 
 SESSION_EXPIRY_S = 24 * 3600
 KEEPALIVE_S = 30
 _NO_MATCHING_SUBSCRIBERS = 16
+#: PUBACK reason codes that condemn the message itself (packet too large, payload format invalid):
+#: sending it again cannot help, so the batch is dead-lettered like an HTTP 413.
+REFUSING_CODES = frozenset({149, 153})
+#: Bytes of a QoS 1 PUBLISH besides the topic and the payload, at most: the fixed header (5), the
+#: topic's length (2), the packet id (2) and the properties' length (4).
+_PUBLISH_OVERHEAD = 13
 _EARLY_MAX_AGE_S = 2.0
 
 
 class MqttUplink:
     """Publishes through a broker; the connection is kept up by paho's network thread."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, is_probe: bool = False) -> None:
         try:
             import paho.mqtt.client
 
@@ -61,6 +72,12 @@ class MqttUplink:
         base = f"ironwatch/{up.tenant}/{config.site}/{config.gateway}"
         self._readings_topic = f"{base}/readings"
         self._heartbeat_topic = f"{base}/heartbeat"
+        self._answer_topic = f"{base}/answer"
+        #: The correlation data of heartbeats still waiting for an answer, and the first answer.
+        self._tokens: set[bytes] = set()
+        self._answer: Any = None
+        self._answered = threading.Event()
+        self._properties, self._packet_types = Properties, PacketTypes
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._waiting: dict[int, Future[int]] = {}
@@ -69,9 +86,12 @@ class MqttUplink:
         # number (paho counts to 65535 and wraps) is used again now.
         self._early: dict[int, tuple[int, float]] = {}
         self._last_error = "not connected yet"
+        #: The broker's Maximum Packet Size (from its CONNACK), if it has one.
+        self._max_packet_bytes: int | None = None
         client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"ironwatch-gateway-{config.gateway}",
+            # A probe under the gateway's own id would take over the running gateway's connection.
+            client_id=f"ironwatch-gateway-{config.gateway}" + ("-check" if is_probe else ""),
             protocol=mqtt.MQTTv5,
         )
         client.max_inflight_messages_set(max(20, up.in_flight * 4))
@@ -84,9 +104,10 @@ class MqttUplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        client.connect_async(self._host, self._port, KEEPALIVE_S, clean_start=False, properties=props)
+        props.SessionExpiryInterval = 0 if is_probe else SESSION_EXPIRY_S
+        client.connect_async(self._host, self._port, KEEPALIVE_S, clean_start=is_probe, properties=props)
         client.loop_start()
         self._client = client
         self._mqtt = mqtt
@@ -97,7 +118,24 @@ class MqttUplink:
         if rc.is_failure:
             self._last_error = f"the broker refused the connection: {rc}"
             return
+        # Sent before any heartbeat of this connection, so the broker holds it when an answer comes.
+        client.subscribe(self._answer_topic, qos=1)
+        limit = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        self._max_packet_bytes = int(limit) if limit else None
         self._connected.set()
+
+    def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
+        correlation = getattr(message.properties, "CorrelationData", None)
+        if correlation is None:
+            return
+        try:
+            doc = orjson.loads(message.payload)
+        except orjson.JSONDecodeError:
+            doc = bytes(message.payload[:200]).decode("utf-8", "replace")
+        with self._lock:
+            if bytes(correlation) in self._tokens and self._answer is None:
+                self._answer = doc
+                self._answered.set()
 
     def _on_disconnect(
         self,
@@ -127,14 +165,14 @@ class MqttUplink:
         if future is not None and not future.done():
             future.set_result(int(rc.value))
 
-    def _publish(self, topic: str, payload: bytes) -> Future[int]:
+    def _publish(self, topic: str, payload: bytes, properties: Properties | None = None) -> Future[int]:
         future: Future[int] = Future()
         if not self._connected.wait(self._timeout_s):
             future.set_exception(LinkDown(f"{self.target}: {self._last_error}"))
             return future
         # Never hold our lock while paho works: its network thread calls ``_on_publish`` (which
         # takes our lock) while it holds paho's own lock, which ``publish`` needs too.
-        info = self._client.publish(topic, payload, qos=1)
+        info = self._client.publish(topic, payload, qos=1, properties=properties)
         if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
             future.set_exception(LinkDown(f"{self.target}: {self._mqtt.error_string(info.rc)}"))
             return future
@@ -160,19 +198,35 @@ class MqttUplink:
             return Result(batch, "failed", reason=f"{self.target}: no PUBACK within {self._timeout_s:g} s")
         if code == _NO_MATCHING_SUBSCRIBERS:
             return Result(batch, "failed", reason=f"{self.target}: no server is subscribed (reason code 16)")
+        if code in REFUSING_CODES:
+            reason = f"{self.target} refused the message for good (reason code {code})"
+            return Result(batch, "refused", answer=_refusal("refused", reason), reason=reason)
         if code >= 128:
             return Result(batch, "failed", reason=f"{self.target}: the broker refused the message ({code})")
         return Result(batch, "delivered")
 
     def send(self, batches: Sequence[Batch]) -> list[Result]:
-        """Publish every batch, then wait for their PUBACKs."""
-        futures = [self._publish(self._readings_topic, b.payload) for b in batches]
+        """Publish every batch, then wait for their PUBACKs. A batch larger than the broker's
+        Maximum Packet Size is refused without being sent: the broker would drop the connection."""
+        limit = self._max_packet_bytes
+        topic_bytes = len(self._readings_topic.encode())
+        results: list[Result | Future[int]] = []
+        for b in batches:
+            size = len(b.payload) + topic_bytes + _PUBLISH_OVERHEAD
+            if limit is not None and size > limit:
+                reason = f"{self.target} takes packets of at most {limit} bytes; this batch's is {size}"
+                results.append(Result(b, "refused", answer=_refusal("too_large", reason), reason=reason))
+            else:
+                results.append(self._publish(self._readings_topic, b.payload))
         deadline = time.monotonic() + self._timeout_s
-        return [self._result(b, f, deadline) for b, f in zip(batches, futures, strict=True)]
+        return [
+            r if isinstance(r, Result) else self._result(b, r, deadline)
+            for b, r in zip(batches, results, strict=True)
+        ]
 
-    def heartbeat(self, doc: dict[str, Any]) -> None:
+    def heartbeat(self, doc: dict[str, Any], properties: Properties | None = None) -> None:
         """Publish one heartbeat and wait for its PUBACK."""
-        future = self._publish(self._heartbeat_topic, orjson.dumps(doc))
+        future = self._publish(self._heartbeat_topic, orjson.dumps(doc), properties)
         try:
             code = future.result(timeout=self._timeout_s)
         except TimeoutError:
@@ -180,13 +234,47 @@ class MqttUplink:
         if code == _NO_MATCHING_SUBSCRIBERS or code >= 128:
             raise LinkDown(f"{self.target}: the heartbeat was not taken (reason code {code})")
 
+    def last_batch_stored(self, heartbeat: dict[str, Any]) -> int | None:
+        """Publish a heartbeat asking for an answer (MQTT v5 Response Topic and Correlation Data)
+        and wait for the server's answer on the gateway's answer topic. A late answer to an earlier
+        heartbeat of this uplink counts as well (nothing was sent in between)."""
+        token = os.urandom(16)
+        with self._lock:
+            self._tokens.add(token)
+            answer = self._answer
+        if answer is None:
+            props = self._properties(self._packet_types.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = self._answer_topic
+            props.CorrelationData = token
+            self.heartbeat(heartbeat, props)
+            if not self._answered.wait(self._timeout_s):
+                raise NoAnswer(
+                    f"{self.target}: no answer to the heartbeat on {self._answer_topic} within "
+                    f"{self._timeout_s:g} s (the server may be down; the broker's access rules must let "
+                    "the gateway subscribe to that topic, and the server publish there)",
+                    is_final=False,
+                )
+            with self._lock:
+                answer = self._answer
+        with self._lock:
+            self._tokens.clear()
+            self._answer = None
+            self._answered.clear()
+        return last_batch_stored(answer, self.target)
+
     def check(self, heartbeat: dict[str, Any]) -> None:
-        """Connect and publish one heartbeat that a server must take."""
+        """Connect and publish one heartbeat that a server must take and answer: the answer is how
+        a new outbox learns its first batch number, so a broker that drops it is found here."""
         if not self._connected.wait(self._timeout_s):
             raise LinkDown(f"cannot reach the broker {self.target}: {self._last_error}")
-        self.heartbeat(heartbeat)
+        self.last_batch_stored(heartbeat)
 
     def close(self) -> None:
         """Disconnect and stop the network thread."""
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def _refusal(code: str, message: str) -> dict[str, Any]:
+    """A refusal in the server's error shape, for the dead-letter file."""
+    return {"error": {"code": code, "message": message, "details": {}}}
