@@ -419,3 +419,18 @@ def test_missing_paho_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monkey
             subscriber.start()
     finally:
         store.close()
+
+
+def test_a_subscriber_starts_once(tmp_path: Path) -> None:
+    settings = config.load({"server.data_dir": str(tmp_path), "mqtt.url": "mqtt://127.0.0.1:1"}, env={})
+    store = Store(settings.store_url)
+    try:
+        subscriber = Subscriber(settings, Pipeline(settings, store, Metrics()))
+        subscriber.start()  # connects in the background: nothing listens on port 1, it keeps trying
+        with pytest.raises(RuntimeError, match="already been started"):
+            subscriber.start()
+        subscriber.stop()
+        with pytest.raises(RuntimeError, match="build a new one"):
+            subscriber.start()
+    finally:
+        store.close()

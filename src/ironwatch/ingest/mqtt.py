@@ -253,7 +253,12 @@ class Subscriber:
 
     # life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        """Connect in the background; the client keeps reconnecting until :meth:`stop`."""
+        """Connect in the background; the client keeps reconnecting until :meth:`stop`.
+
+        A subscriber runs once: after :meth:`stop`, a new one is built to connect again.
+        """
+        if self._client is not None or self._stopping.is_set():
+            raise RuntimeError("this MQTT subscriber has already been started; build a new one")
         mqtt = _paho()
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
