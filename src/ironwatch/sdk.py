@@ -14,7 +14,6 @@ without the ``sdk`` extra the error names the pip line.
 from __future__ import annotations
 
 import importlib
-import io
 import os
 import time
 from datetime import datetime
@@ -22,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ironwatch.arrowfile import arrow_file
 from ironwatch.errors import InvalidInput, MissingDependency, QueryError, Unavailable
 from ironwatch.remote import error_from_answer
 
@@ -105,7 +105,7 @@ class Client:
         """
         pq = _require("pyarrow.parquet")
         response = self.request("POST", "/api/v1/query", json={"sql": sql, "format": "parquet"})
-        table: pa.Table = pq.read_table(io.BytesIO(response.content))
+        table: pa.Table = pq.read_table(arrow_file(response.content))
         return table
 
     def query(self, sql: str) -> pd.DataFrame:
@@ -232,7 +232,7 @@ class QueryJob:
         """The job's CSV read into Arrow (types are inferred from the text)."""
         pacsv = _require("pyarrow.csv")
         response = self.client.request("GET", f"/api/v1/queries/{self.id}/result")
-        table: pa.Table = pacsv.read_csv(io.BytesIO(response.content))
+        table: pa.Table = pacsv.read_csv(arrow_file(response.content))
         return table
 
     def to_pandas(self) -> pd.DataFrame:

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ironwatch.arrowfile import arrow_file
 from ironwatch.errors import IronwatchError
 from ironwatch.lake import journal, rollup
 from ironwatch.lake.checksum import Checksum
@@ -188,9 +189,7 @@ def _write_merged(
         spill = Spill(Path(tmp), memory_rows=policy.chunk_rows)
         for name in entry.old:
             check()
-            table = pq.read_table(
-                pa.BufferReader(root.read(raw_path(entry.site, entry.date, entry.hour, name)))
-            )
+            table = pq.read_table(arrow_file(root.read(raw_path(entry.site, entry.date, entry.hour, name))))
             old.add(table)
             spill.add(table)
             del table

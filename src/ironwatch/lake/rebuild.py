@@ -12,9 +12,9 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ironwatch.arrowfile import arrow_file
 from ironwatch.lake import journal, rollup
 from ironwatch.lake.layout import HOUR_US, hour_us
 from ironwatch.lake.root import Root
@@ -78,7 +78,7 @@ def rebuild(
             raws[key] = path
     report = Report(files_total=len(raws))
     for key, path in sorted(raws.items(), key=lambda item: (item[0][1], item[0][2], item[0][0], item[0][3])):
-        table = pq.read_table(pa.BufferReader(root.read(path)))
+        table = pq.read_table(arrow_file(root.read(path)))
         report.partials_written += rollup.write_partials(
             root, key[0], _hour_us(key), key[3], table, replace=True
         )
