@@ -354,7 +354,8 @@ class Outbox:
         # threads at once and after a crash; the attribute follows it (put back on a rollback).
         with self._transaction(self._writer) as conn:
             state = _numbering(conn)
-            shift = int(state.split(":")[1]) if state.startswith("moving:") else 0
+            move = _move_of(state)
+            shift = move[0] if move is not None else 0
             if state == "provisional":
                 if server_last is not None:
                     first, attempted = conn.execute(
@@ -376,8 +377,9 @@ class Outbox:
         """Move the next few batches; False once every batch carries its new number."""
         with self._transaction(self._writer) as conn:
             state = _numbering(conn)
-            if state.startswith("moving:"):
-                shift, below = (int(x) for x in state.split(":")[1:])
+            move = _move_of(state)
+            if move is not None:
+                shift, below = move
                 # From the highest old number down, so a moved batch never meets one not yet moved.
                 rows = conn.execute(
                     "SELECT seq, payload FROM batches WHERE seq < ? ORDER BY seq DESC LIMIT ?",
@@ -539,6 +541,14 @@ class _Transaction:
 
 def _bump(conn: sqlite3.Connection, name: str, by: int) -> None:
     conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
+
+
+def _move_of(state: str) -> tuple[int, int] | None:
+    """``(shift, below)`` of a ``moving:{shift}:{below}`` numbering state; None for any other."""
+    if not state.startswith("moving:"):
+        return None
+    shift, below = state.split(":")[1:]
+    return int(shift), int(below)
 
 
 def _numbering(conn: sqlite3.Connection) -> str:
