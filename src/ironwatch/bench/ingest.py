@@ -393,6 +393,9 @@ def _measure(
         "ack_is": "broker PUBACK (MQTT)" if transport == "mqtt" else "server 200 after fsync",
         "peak_rss_mib": round(sampler.peak_rss_bytes / 2**20, 1),
         "peak_pss_mib": round(sampler.peak_pss_bytes / 2**20, 1),
+        "peak_rss_mib_by_process": {
+            name: round(n / 2**20, 1) for name, n in sorted(sampler.peak_rss_by_role.items())
+        },
         "sql_visible_s": round(t_visible - t_ack, 3),
         "stored": stored,
         "worker_groups": int(worker_groups),

@@ -19,14 +19,34 @@ def _pss_bytes(proc: psutil.Process) -> int:
     return 0
 
 
+def role(proc: psutil.Process, root: psutil.Process) -> str:
+    """What a process of the tree is: the server, its lake writer, an ingest worker, or other."""
+    if proc.pid == root.pid:
+        return "server"
+    try:
+        line = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "other"
+    for module, name in (("ingest.lakewriter", "lake_writer"), ("ingest.workers", "ingest_worker")):
+        if module in line:
+            return name
+    return "other"
+
+
 class TreeSampler:
-    """Peak RSS (and PSS) of a process and its descendants, every ``every_s`` seconds."""
+    """Peak RSS (and PSS) of a process and its descendants, every ``every_s`` seconds.
+
+    ``peak_rss_by_role`` holds the peak of each kind of process on its own (the tree's peak is of
+    the sum at one moment, so it is at most the sum of these).
+    """
 
     def __init__(self, pid: int, every_s: float = 0.1) -> None:
         self.root = psutil.Process(pid)
         self.every_s = every_s
         self.peak_rss_bytes = 0
         self.peak_pss_bytes = 0
+        self.peak_rss_by_role: dict[str, int] = {}
+        self._roles: dict[int, str] = {}
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
@@ -39,12 +59,20 @@ class TreeSampler:
 
     def sample(self) -> None:
         rss = pss = 0
+        by_role: dict[str, int] = {}
         for proc in self.tree():
             try:
-                rss += proc.memory_info().rss
+                one = proc.memory_info().rss
             except psutil.Error:
                 continue
+            rss += one
             pss += _pss_bytes(proc)
+            name = self._roles.get(proc.pid)
+            if name is None:
+                name = self._roles[proc.pid] = role(proc, self.root)
+            by_role[name] = by_role.get(name, 0) + one
+        for name, one in by_role.items():
+            self.peak_rss_by_role[name] = max(self.peak_rss_by_role.get(name, 0), one)
         self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
         self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
         self.samples += 1
