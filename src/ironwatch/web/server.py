@@ -7,6 +7,7 @@ import gc
 import socket
 import sys
 
+import pyarrow as pa
 import uvicorn
 from fastapi import FastAPI
 
@@ -21,6 +22,16 @@ from ironwatch.web.services import Services
 #: write; with the default they wait up to 5 ms behind the event loop's decoding, and every
 #: acknowledgement waits with them. 1 ms measured +14% readings/s (bench ingest, 1M rows).
 GIL_SWITCH_INTERVAL_S = 0.001
+
+
+def use_system_allocator() -> None:
+    """Arrow's memory from the C library's allocator, as in the server's child processes.
+
+    Arrow's default pool (mimalloc) keeps much of what it has freed. Under the ingest benchmark the
+    server's peak RSS was 20-60 MiB lower with the system pool (six interleaved pairs of runs, HTTP
+    columns with 16 clients and MQTT with 1000 readings per message), at the same readings/s.
+    """
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 async def serve_async(settings: Settings, on_ready: object = None) -> None:
@@ -92,6 +103,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def serve(settings: Settings, on_ready: object = None) -> None:
     """Run the server in this thread until Ctrl-C or SIGTERM."""
+    use_system_allocator()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         import uvloop
