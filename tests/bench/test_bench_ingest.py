@@ -32,6 +32,10 @@ def test_bench_ingest_counts_every_reading() -> None:
     assert result["readings_per_s"] > 0
     assert 0 < result["p50_ack_ms"] <= result["p99_ack_ms"]
     assert result["peak_rss_mib"] > 0
+    by_process = result["peak_rss_mib_by_process"]
+    assert set(by_process) == {"server", "lake_writer"}
+    # Each process's own peak is part of the tree's, which is at most their sum.
+    assert 0 < max(by_process.values()) <= result["peak_rss_mib"] <= sum(by_process.values()) + 0.1
     assert 0 < result["bytes_per_reading"] < 100
 
 
@@ -64,6 +68,7 @@ def test_bench_ingest_over_mqtt_with_an_ingest_worker() -> None:
     assert result["stored"] == 30_000
     assert result["ack_is"] == "broker PUBACK (MQTT)"
     assert result["ingest_workers"] == 1
+    assert set(result["peak_rss_mib_by_process"]) == {"server", "lake_writer", "ingest_worker"}
     # Groups went to the worker: the server's own count (30,000 readings in 300 messages form groups).
     assert result["worker_groups"] > 0
     # One PUBACK latency per message, measured from publish to PUBACK with up to 16 in flight.
