@@ -28,7 +28,7 @@ def use_system_allocator() -> None:
     """Arrow's memory from the C library's allocator, as in the server's child processes.
 
     Arrow's default pool (mimalloc) keeps much of what it has freed. Under the ingest benchmark the
-    server's peak RSS was 20-60 MiB lower with the system pool (six interleaved pairs of runs: HTTP
+    server's peak RSS was 20-60 MiB lower with the system pool (seven interleaved pairs of runs: HTTP
     columns with 16 clients, MQTT at 100 and at 1000 readings per message), at the same readings/s.
     """
     pa.set_memory_pool(pa.system_memory_pool())
