@@ -68,6 +68,13 @@ def empty_table(schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches([], schema=schema)
 
 
+def gateway_topic(tenant: str, site: str, gateway: str, kind: str) -> str:
+    """The MQTT topic of one gateway (ARCHITECTURE.md): ``ironwatch/{tenant}/{site}/{gateway}/{kind}``,
+    where ``kind`` is ``readings`` or ``heartbeat`` (the gateway publishes) or ``answer`` (the
+    server answers heartbeats there); ``+`` in a level makes a subscription filter."""
+    return f"ironwatch/{tenant}/{site}/{gateway}/{kind}"
+
+
 def is_id(text: object) -> bool:
     """Whether ``text`` is a valid id (safe in paths and MQTT topics)."""
     return isinstance(text, str) and _ID.fullmatch(text) is not None

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from ironwatch.bench.workload import SITE, Workload, envelope
+from ironwatch.model import gateway_topic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ class MqttSender:
         parts = urlsplit(spec.mqtt_url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
         gateway = spec.workload.gateway(spec.client)
-        self.topic = f"ironwatch/{spec.tenant}/{SITE}/{gateway}/readings"
+        self.topic = gateway_topic(spec.tenant, SITE, gateway, "readings")
         self.client_id = f"bench-{gateway}-{time.monotonic_ns()}"
         self.mqtt: Any = None
         self._sent_at: dict[int, float] = {}

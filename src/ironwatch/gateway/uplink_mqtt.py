@@ -32,6 +32,7 @@ from ironwatch.errors import MissingDependency
 from ironwatch.gateway.config import GatewayConfig
 from ironwatch.gateway.outbox import Batch
 from ironwatch.gateway.uplink import LinkDown, NoAnswer, Result, last_batch_stored
+from ironwatch.model import gateway_topic
 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
@@ -69,10 +70,11 @@ class MqttUplink:
         self._port = parts.port or (8883 if self._is_tls else 1883)
         self.target = f"{parts.scheme}://{self._host}:{self._port}"
         self._timeout_s = up.timeout_s
-        base = f"ironwatch/{up.tenant}/{config.site}/{config.gateway}"
-        self._readings_topic = f"{base}/readings"
-        self._heartbeat_topic = f"{base}/heartbeat"
-        self._answer_topic = f"{base}/answer"
+        tenant = str(up.tenant)  # the config refuses an MQTT uplink without one
+        self._readings_topic, self._heartbeat_topic, self._answer_topic = (
+            gateway_topic(tenant, config.site, config.gateway, kind)
+            for kind in ("readings", "heartbeat", "answer")
+        )
         #: The correlation data of heartbeats still waiting for an answer, and the first answer.
         self._tokens: set[bytes] = set()
         self._answer: Any = None

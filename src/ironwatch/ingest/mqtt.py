@@ -59,7 +59,7 @@ from ironwatch.errors import (
 from ironwatch.ingest.decode import gunzip, parse_json
 from ironwatch.ingest.heartbeat import parse_heartbeat
 from ironwatch.ingest.pipeline import Pipeline
-from ironwatch.model import Principal, Role, is_id
+from ironwatch.model import Principal, Role, gateway_topic, is_id
 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
@@ -119,14 +119,9 @@ class Broker:
         return cls(parts.hostname, port or (8883 if is_tls else 1883), is_tls)
 
 
-def answer_topic(tenant: str, site: str, gateway: str) -> str:
-    """Where the server answers a gateway's heartbeats (the gateway names it as the Response Topic)."""
-    return f"ironwatch/{tenant}/{site}/{gateway}/answer"
-
-
 def topic_filters(share_group: str) -> list[str]:
     """The shared-subscription filters the server subscribes to."""
-    return [f"$share/{share_group}/ironwatch/+/+/+/{kind}" for kind in KINDS]
+    return [f"$share/{share_group}/{gateway_topic('+', '+', '+', kind)}" for kind in KINDS]
 
 
 class _State(enum.Enum):
@@ -629,7 +624,7 @@ class Subscriber:
         topic = getattr(props, "ResponseTopic", None)
         if topic is None:
             return
-        if topic != answer_topic(principal.tenant, principal.site or "", principal.gateway or ""):
+        if topic != gateway_topic(principal.tenant, principal.site or "", principal.gateway or "", "answer"):
             log.warning("MQTT: a heartbeat asks for an answer on %r, not its answer topic; none sent", topic)
             return
         correlation = getattr(props, "CorrelationData", None)
