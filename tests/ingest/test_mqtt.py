@@ -368,7 +368,7 @@ def test_server_starts_before_the_broker(lab: Lab, broker: Broker) -> None:
 
 def test_acks_leave_in_arrival_order() -> None:
     sent: list[int] = []
-    acks = _Acks(sent.append)
+    acks = _Acks(sent.extend)
     first, second, third = acks.expect(1), acks.expect(2), acks.expect(3)
     acks.settle(third, ack=True)
     acks.settle(second, ack=False)  # left for the broker to deliver again
@@ -379,6 +379,17 @@ def test_acks_leave_in_arrival_order() -> None:
     acks.reset()  # a new connection: packet id 4 of the old one means nothing now
     acks.settle(stale, ack=True)
     assert sent == [1, 3]
+    assert acks.wait_idle(0)
+
+
+def test_acks_settled_together_leave_in_one_send() -> None:
+    sent: list[list[int]] = []
+    acks = _Acks(sent.append)
+    first, second, third, fourth = (acks.expect(mid) for mid in (1, 2, 3, 4))
+    acks.settle_many([(second, True), (third, False)])
+    assert sent == []  # the first is still pending: nothing may go before it
+    acks.settle_many([(fourth, True), (first, True), (None, True)])  # None: a QoS 0 message
+    assert sent == [[1, 2, 4]]
     assert acks.wait_idle(0)
 
 

@@ -36,10 +36,11 @@ import enum
 import logging
 import math
 import socket
+import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,9 @@ GROUP_MAX_BYTES = 512 << 10
 #: receive maximum), not in the server's memory.
 INBOX_MAX_BYTES = 4 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
+#: A PUBACK without a reason code or properties (success, as MQTT v5 allows): type, length, packet id.
+_PUBACK = struct.Struct("!BBH")
+_PUBACK_HEAD = 0x40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,12 +158,15 @@ class _Queued:
 class _Acks:
     """Sends PUBACKs in the order the messages arrived, each once its message is settled.
 
+    The PUBACKs a settlement lets go leave together (``send`` gets their packet ids in order), so
+    a group of messages made durable by one fsync costs one write to the broker, not one per message.
+
     Packet ids belong to one connection: after a reconnect the broker delivers unacknowledged
     messages again, so settlements from an earlier connection are dropped instead of acknowledging
     a packet id the broker may have reused.
     """
 
-    def __init__(self, send: Callable[[int], None], on_left: Callable[[], None] | None = None) -> None:
+    def __init__(self, send: Callable[[list[int]], None], on_left: Callable[[], None] | None = None) -> None:
         self._send = send
         self._on_left = on_left
         self._cond = threading.Condition()
@@ -182,19 +189,29 @@ class _Acks:
 
     def settle(self, delivery: _Delivery | None, *, ack: bool) -> None:
         """Mark a delivery done; send every PUBACK that is now at the head of the line."""
-        if delivery is None:  # QoS 0: nothing to acknowledge
-            return
+        self.settle_many([(delivery, ack)])
+
+    def settle_many(self, settled: Sequence[tuple[_Delivery | None, bool]]) -> None:
+        """Mark deliveries done (``(delivery, ack)``); send the PUBACKs now at the head of the line."""
+        left = False
         with self._cond:
-            if delivery.generation != self._generation or delivery.state is not _State.PENDING:
-                return
-            delivery.state = _State.ACK if ack else _State.LEAVE
+            for delivery, ack in settled:
+                if delivery is None:  # QoS 0: nothing to acknowledge
+                    continue
+                if delivery.generation != self._generation or delivery.state is not _State.PENDING:
+                    continue
+                delivery.state = _State.ACK if ack else _State.LEAVE
+                left = left or not ack
+            mids = []
             while self._queue and self._queue[0].state is not _State.PENDING:
                 head = self._queue.popleft()
                 if head.state is _State.ACK:
-                    self._send(head.mid)  # under the lock, so PUBACKs leave in order
+                    mids.append(head.mid)
+            if mids:
+                self._send(mids)  # under the lock, so PUBACKs leave in order
             if not self._queue:
                 self._cond.notify_all()
-        if not ack and self._on_left is not None:
+        if left and self._on_left is not None:
             self._on_left()
 
     @property
@@ -206,6 +223,53 @@ class _Acks:
         """Wait until every delivery of this connection is settled."""
         with self._cond:
             return self._cond.wait_for(lambda: not self._queue, timeout_s)
+
+
+class _GroupAnswers:
+    """Collects the pipeline's answers for the messages of one admitted group and settles them
+    together once all are in, so their PUBACKs leave in one write.
+
+    The answers come on the log's thread once the group's record is durable, or earlier (a
+    duplicate is answered while the group is admitted); how many to wait for is known only once
+    the pipeline has said which messages it refused (:meth:`expect`).
+    """
+
+    def __init__(self, group: list[_Queued], acks: _Acks) -> None:
+        self._group = group
+        self._acks = acks
+        self._lock = threading.Lock()
+        self._settled: list[tuple[_Delivery | None, bool]] = []
+        self._expected: int | None = None
+
+    def answer(self, i: int, outcome: object) -> None:
+        queued = self._group[i]
+        try:
+            failed = isinstance(outcome, BaseException)
+            if failed:
+                log.error(
+                    "MQTT: message on %s is not durable (%s); left unacknowledged", queued.topic, outcome
+                )
+            with self._lock:
+                self._settled.append((queued.delivery, not failed))
+                ready = self._take_if_complete()
+            if ready:
+                self._acks.settle_many(ready)
+        except Exception:
+            log.exception("MQTT: error while acknowledging a message on %s", queued.topic)
+
+    def expect(self, count: int) -> None:
+        """The number of answers the pipeline gives (its admitted messages)."""
+        with self._lock:
+            self._expected = count
+            ready = self._take_if_complete()
+        if ready:
+            self._acks.settle_many(ready)
+
+    def _take_if_complete(self) -> list[tuple[_Delivery | None, bool]]:
+        if self._expected is None or len(self._settled) < self._expected:
+            return []
+        ready, self._settled = self._settled, []
+        return ready
 
 
 def _paho() -> Any:
@@ -227,7 +291,7 @@ class Subscriber:
         self._filters = topic_filters(str(settings.mqtt.share_group))
         self._max_body_bytes = int(settings.server.max_body_bytes)
         self._client: Client | None = None
-        self._acks = _Acks(self._send_ack, on_left=self._want_redelivery)
+        self._acks = _Acks(self._send_acks, on_left=self._want_redelivery)
         self._redeliver_lock = threading.Lock()
         self._redeliver: threading.Timer | None = None
         self._redeliver_delay_s = REDELIVER_MIN_S
@@ -453,15 +517,24 @@ class Subscriber:
     def _address(self) -> str:
         return f"{self._broker.host}:{self._broker.port}"
 
-    def _send_ack(self, mid: int) -> None:
+    def _send_acks(self, mids: list[int]) -> None:
         client = self._client
         if client is None:
             return
         mqtt = _paho()
-        rc = client.ack(mid, 1)
-        if rc != mqtt.MQTT_ERR_SUCCESS:
-            # The connection is gone; the broker delivers the message again and the ledger dedupes it.
-            log.info("MQTT: cannot acknowledge mid=%d: %s", mid, mqtt.error_string(rc))
+        queue_packet = getattr(client, "_packet_queue", None)
+        if len(mids) > 1 and queue_packet is not None:
+            # paho sends each ack() as its own write to the socket, after waking its network thread;
+            # PUBACKs settled together go out as one write (each is 4 bytes: type, length, packet id).
+            packet = b"".join(_PUBACK.pack(_PUBACK_HEAD, 2, mid) for mid in mids)
+            queue_packet(_PUBACK_HEAD, packet, 0, 1)
+            return
+        for mid in mids:
+            rc = client.ack(mid, 1)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                # The connection is gone; the broker sends the message again and the ledger dedupes it.
+                log.info("MQTT: cannot acknowledge mid=%d: %s", mid, mqtt.error_string(rc))
+                return
 
     # messages ----------------------------------------------------------------------------------
     def _handle(self, message: MQTTMessage, delivery: _Delivery | None) -> None:
@@ -564,10 +637,11 @@ class Subscriber:
             log.exception("MQTT: a heartbeat's answer could not be sent")
 
     def _admit(self, group: list[_Queued]) -> None:
+        answers = _GroupAnswers(group, self._acks)
         refusals = self._pipeline.ingest_many(
             [(queued.principal, queued.body) for queued in group],
             TRANSPORT,
-            partial(self._answered, group),
+            answers.answer,
             may_register=False,
             may_offload=True,
         )
@@ -582,19 +656,7 @@ class Subscriber:
                     exc_info=refused,
                 )
                 self._acks.settle(queued.delivery, ack=False)
-
-    def _answered(self, group: list[_Queued], i: int, answer: object) -> None:
-        # Runs on the write-ahead log's thread (or in _admit, for a duplicate).
-        queued = group[i]
-        try:
-            failed = isinstance(answer, BaseException)
-            if failed:
-                log.error(
-                    "MQTT: message on %s is not durable (%s); left unacknowledged", queued.topic, answer
-                )
-            self._acks.settle(queued.delivery, ack=not failed)
-        except Exception:
-            log.exception("MQTT: error while acknowledging a message on %s", queued.topic)
+        answers.expect(sum(refused is None for refused in refusals))
 
     def _is_tenant(self, tenant: str) -> bool:
         if tenant in self._known_tenants:
