@@ -23,19 +23,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from ironwatch import lake, live
 from ironwatch.config import Settings
 from ironwatch.errors import Conflict, Forbidden, IronwatchError, Unavailable
 from ironwatch.ingest import record as records
-from ironwatch.ingest.decode import Decoded, decode_many
+from ironwatch.ingest.decode import Decoded, Group, decode_group, decode_many
 from ironwatch.ingest.flusher import Flusher, InProcessWriter, SegmentWriter, load_checkpoint
 from ironwatch.ingest.health import Tracker
 from ironwatch.ingest.lakewriter import ProcessWriter
 from ironwatch.ingest.ledger import Key, Ledger
 from ironwatch.ingest.metrics import Metrics
-from ironwatch.ingest.validate import WAL_SCHEMA, check_many, whole_message
+from ironwatch.ingest.validate import WAL_SCHEMA, check_group, check_many, whole_message
 from ironwatch.ingest.wal import Log, Segment, frame, read_records, segment_seq, write_durably
 from ironwatch.ingest.workers import Head, Limits, Prepared, WorkerPool
 from ironwatch.model import QUARANTINE_SCHEMA, Principal, Role, empty_table, utc_now_us
@@ -54,6 +55,9 @@ WORKER_MIN_GROUP = 4
 #: large requests is not one huge log record.
 HTTP_GROUP_MAX_BATCHES = 512
 HTTP_GROUP_MAX_BYTES = 4 << 20
+
+#: The quarantined rows of a record whose readings are all good.
+_NO_QUARANTINE = empty_table(QUARANTINE_SCHEMA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,9 +550,16 @@ class Pipeline:
 
     def _admit_here(self, tenant: str, indexes: list[int], call: _Call) -> None:
         """Decode and check one tenant's batches in this process, and write the new ones."""
-        decoded_all = decode_many(
-            [call.items[i][1] for i in indexes], max_readings=int(self.settings.ingest.max_readings)
-        )
+        bodies = [call.items[i][1] for i in indexes]
+        max_readings = int(self.settings.ingest.max_readings)
+        group = decode_group(bodies, max_readings=max_readings)
+        if group is not None:
+            now = utc_now_us()
+            good = check_group(group, now_us=now, max_future_s=float(self.settings.ingest.max_future_s))
+            if good is not None:
+                self._admit_group(tenant, indexes, group, good, now, call)
+                return
+        decoded_all = decode_many(bodies, max_readings=max_readings)
         fresh: list[tuple[int, Key, Decoded]] = []
         try:
             for i, decoded in zip(indexes, decoded_all, strict=True):
@@ -565,6 +576,41 @@ class Pipeline:
             raise
         if fresh:
             self._write_group(tenant, fresh, call)
+
+    def _admit_group(
+        self, tenant: str, indexes: list[int], group: Group, good: pa.Table, now: int, call: _Call
+    ) -> None:
+        """Write the new batches of a group whose readings are all good (decoded and checked together)."""
+        fresh: list[tuple[int, Key]] = []
+        keep = np.zeros(len(indexes), dtype=bool)
+        try:
+            for n, i in enumerate(indexes):
+                key = self._reserve(call, i, group.gateway[n], group.site[n], group.batch[n])
+                if key is not None:
+                    fresh.append((i, key))
+                    keep[n] = True
+        except BaseException as exc:  # the claims made so far must not outlive this call
+            self._fail(fresh, exc, call)
+            raise
+        if not fresh:
+            return
+        try:
+            counts = group.counts
+            if not keep.all():  # duplicates, or another gateway's site: their readings are not written
+                good = good.filter(pa.array(np.repeat(keep, counts)))
+            parts = [
+                records.Part(group.gateway[n], group.site[n], group.batch[n], int(counts[n]))
+                for n in np.flatnonzero(keep)
+            ]
+            rec = records.Record(tenant, call.transport, now, parts, good, _NO_QUARANTINE)
+            payload = records.encode(rec)
+        except BaseException as exc:
+            self._fail(fresh, exc, call)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        outcomes = [Outcome(part.rows, 0, False, []) for part in parts]
+        self._write(tenant, fresh, payload, parts, good, outcomes, call)
 
     def _admit_prepared(self, tenant: str, indexes: list[int], call: _Call) -> list[int]:
         """Let an ingest worker decode and check one tenant's batches; what is left to admit here.

@@ -18,6 +18,7 @@ from ironwatch.ingest.decode import (
     TS_OUT_OF_RANGE,
     TS_UNPARSEABLE,
     Decoded,
+    Group,
 )
 from ironwatch.model import (
     EARLIEST_TS_US,
@@ -252,6 +253,13 @@ def check_many(
     goods = [c.good for c in items]
     good = goods[0] if len(goods) == 1 else pa.concat_tables(goods).combine_chunks()
     return CheckedGroup(items, good)
+
+
+def check_group(group: Group, *, now_us: int, max_future_s: float) -> pa.Table | None:
+    """A decoded group's readings as one log table when every one of them is fine, else ``None``
+    (then each envelope is checked on its own, to find which readings are wrong and why)."""
+    joined = Decoded("", "", 0, None, group.ts, group.sensor, group.metric, group.value)
+    return _all_good(joined, now_us, max_future_s)
 
 
 def whole_message(

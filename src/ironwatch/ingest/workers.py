@@ -42,8 +42,9 @@ import orjson
 
 from ironwatch.ingest import child
 from ironwatch.ingest import record as records
-from ironwatch.ingest.decode import decode_many
-from ironwatch.ingest.validate import check_many
+from ironwatch.ingest.decode import decode_group, decode_many
+from ironwatch.ingest.validate import check_group, check_many
+from ironwatch.model import QUARANTINE_SCHEMA, empty_table
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,14 @@ class Prepared:
 
 def prepare(tenant: str, transport: str, bodies: list[bytes], *, now_us: int, limits: Limits) -> Prepared:
     """Decode and check one tenant's envelopes; the pure step a worker runs."""
+    group = decode_group(bodies, max_readings=limits.max_readings)
+    good = None if group is None else check_group(group, now_us=now_us, max_future_s=limits.max_future_s)
+    if group is not None and good is not None:  # every reading good: checked in one pass
+        whose = list(zip(group.gateway, group.site, group.batch, group.counts.tolist(), strict=True))
+        heads: list[Head | None] = [Head(g, s, b, n, 0, []) for g, s, b, n in whose]
+        parts = [records.Part(g, s, b, n) for g, s, b, n in whose]
+        rec = records.Record(tenant, transport, now_us, parts, good, empty_table(QUARANTINE_SCHEMA))
+        return Prepared(heads, records.encode(rec))
     decoded = decode_many(bodies, max_readings=limits.max_readings)
     usable = [(n, d) for n, d in enumerate(decoded) if not isinstance(d, Exception)]
     checked = check_many(
@@ -105,7 +114,7 @@ def prepare(tenant: str, transport: str, bodies: list[bytes], *, now_us: int, li
         received_at_us=now_us,
         transport=transport,
     )
-    heads: list[Head | None] = [None] * len(bodies)
+    heads = [None] * len(bodies)
     parts = []
     for (n, d), one in zip(usable, checked.items, strict=True):
         heads[n] = Head(d.gateway, d.site, d.batch, one.accepted, one.rejected, one.errors)
