@@ -1,8 +1,14 @@
 """Decoding of a batch envelope (row or columnar form) into Arrow columns.
 
-The fast path hands orjson's lists straight to Arrow's converter; there is no Python loop per
-reading. Only when that fails (wrong types, mixed timestamp forms, NaN literals) does a slow path
-walk the readings one by one, to name exactly which reading and field is wrong.
+Three paths, tried in turn:
+
+- :func:`decode_group`: the envelopes of a group (one HTTP request, or the MQTT messages that
+  arrived together) in one call of Arrow's JSON reader, when every one of them is plainly well
+  formed. No Python object per reading or per envelope, and the GIL is released while Arrow parses.
+- :func:`decode_many` / :func:`decode`: each envelope through typed msgspec decoders, its lists then
+  converted to Arrow columns once for the group (numbers through numpy).
+- a generic path that walks the readings one by one, only for bad input (wrong types, mixed
+  timestamp forms, NaN literals), to name exactly which reading and field is wrong.
 """
 
 from __future__ import annotations
