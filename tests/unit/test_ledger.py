@@ -54,6 +54,19 @@ def test_reserve_commit_and_duplicates() -> None:
     assert ledger.reserve(("other", "gw-1", 5)) == ("new", None), "tenants never share batch numbers"
 
 
+def test_the_batches_of_one_record_are_committed_together() -> None:
+    ledger = Ledger()
+    keys = [("acme", "gw-1", 1), ("acme", "gw-2", 1), ("acme", "gw-1", 2), ("beta", "gw-1", 1)]
+    for key in keys:
+        assert ledger.reserve(key) == ("new", None)
+    _, waiter = ledger.reserve(("acme", "gw-1", 2))
+    assert waiter is not None
+    ledger.commit_many(keys)
+    assert waiter.done() and waiter.exception() is None
+    assert [ledger.reserve(key)[0] for key in keys] == ["duplicate"] * 4
+    assert ledger.ranges("acme", "gw-1").ranges() == [[1, 2]]
+
+
 def test_a_failed_write_can_be_retried() -> None:
     ledger = Ledger()
     key = ("acme", "gw-1", 1)

@@ -91,10 +91,22 @@ class Ledger:
 
     def commit(self, key: Key) -> None:
         """Mark ``key`` durable and wake whoever waits on it."""
+        self.commit_many([key])
+
+    def commit_many(self, keys: list[Key]) -> None:
+        """Mark ``keys`` durable (the batches of one log record) and wake whoever waits on them."""
+        waiting = []
         with self._lock:
-            self._done.setdefault(key[:2], RangeSet()).add(key[2])  # type: ignore[arg-type]
-            fut = self._in_flight.pop(key, None)
-        if fut is not None:
+            for key in keys:
+                tenant, gateway, batch = key
+                ranges = self._done.get((tenant, gateway))
+                if ranges is None:
+                    ranges = self._done[(tenant, gateway)] = RangeSet()
+                ranges.add(batch)
+                fut = self._in_flight.pop(key, None)
+                if fut is not None:
+                    waiting.append(fut)
+        for fut in waiting:
             fut.set_result(None)
 
     def release(self, key: Key, error: BaseException) -> None:

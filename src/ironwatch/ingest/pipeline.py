@@ -730,8 +730,7 @@ class Pipeline:
             if error is not None:
                 self._fail(group, error, call)
                 return
-            for _, key in group:
-                self.ledger.commit(key)
+            self.ledger.commit_many([key for _, key in group])
             sites = {part.site for part in parts}
             if len(sites) == 1:
                 runs = [(part.gateway, part.batch, part.rows) for part in parts]
