@@ -91,6 +91,8 @@ GROUP_MAX_BYTES = 512 << 10
 #: broker's messages wait in the socket and at the broker (which does not always keep to the
 #: receive maximum), not in the server's memory.
 INBOX_MAX_BYTES = 4 << 20
+#: Most topics whose check is remembered (a site's gateways have two each); past it, all are forgotten.
+TOPICS_KEPT = 10_000
 _GZIP_MAGIC = b"\x1f\x8b"
 #: A PUBACK without a reason code or properties (success, as MQTT v5 allows): type, length, packet id.
 _PUBACK = struct.Struct("!BBH")
@@ -301,6 +303,8 @@ class Subscriber:
         self._subscribe_mid: int | None = None
         self._stopping = threading.Event()
         self._known_tenants: set[str] = set()
+        #: Topics that checked out (network thread only): the principal and kind of their messages.
+        self._topics: dict[str, tuple[Principal, str]] = {}
         self._inbox: deque[_Queued] = deque()
         self._inbox_bytes = 0
         self._inbox_cond = threading.Condition()
@@ -543,29 +547,39 @@ class Subscriber:
         except UnicodeDecodeError:
             self._drop(delivery, "bad_topic", "<not UTF-8>", "the topic is not UTF-8")
             return
-        parts = topic.split("/")
-        if len(parts) != 5 or parts[0] != "ironwatch" or parts[4] not in KINDS:
-            self._drop(
-                delivery, "bad_topic", topic, "not ironwatch/{tenant}/{site}/{gateway}/readings|heartbeat"
-            )
-            return
-        _, tenant, site, gateway, kind = parts
         payload = bytes(message.payload)  # no copy when it already is bytes
-        try:
-            if not self._is_tenant(tenant):
-                self._drop(delivery, "unknown_tenant", topic, f"no tenant named {tenant!r}")
+        known = self._topics.get(topic)
+        if known is None:
+            parts = topic.split("/")
+            if len(parts) != 5 or parts[0] != "ironwatch" or parts[4] not in KINDS:
+                self._drop(
+                    delivery, "bad_topic", topic, "not ironwatch/{tenant}/{site}/{gateway}/readings|heartbeat"
+                )
                 return
-            for field, value in (("site", site), ("gateway", gateway)):
-                if not is_id(value):
-                    raise InvalidInput(f"topic {field}", f"{value[:80]!r} is not a valid id")
-            principal = Principal(tenant, Role.GATEWAY, key_id="mqtt", site=site, gateway=gateway)
+            _, tenant, site, gateway, kind = parts
+            try:
+                if not self._is_tenant(tenant):
+                    self._drop(delivery, "unknown_tenant", topic, f"no tenant named {tenant!r}")
+                    return
+                for field, value in (("site", site), ("gateway", gateway)):
+                    if not is_id(value):
+                        raise InvalidInput(f"topic {field}", f"{value[:80]!r} is not a valid id")
+            except IronwatchError as exc:
+                self._reject(delivery, tenant, topic, payload, exc)
+                return
+            known = (Principal(tenant, Role.GATEWAY, key_id="mqtt", site=site, gateway=gateway), kind)
+            if len(self._topics) >= TOPICS_KEPT:
+                self._topics.clear()
+            self._topics[topic] = known
+        principal, kind = known
+        try:
             body = self._unwrap(payload)
             if kind == "heartbeat":
                 self._heartbeat(principal, body, message)
                 self._acks.settle(delivery, ack=True)
                 return
         except IronwatchError as exc:
-            self._reject(delivery, tenant, topic, payload, exc)
+            self._reject(delivery, principal.tenant, topic, payload, exc)
             return
         with self._inbox_cond:
             while self._inbox_bytes >= INBOX_MAX_BYTES and not self._admitter_stop:
