@@ -15,13 +15,13 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pytest
-from test_groups import CHECK, NOW_US, admit, envelope, log_records, outcomes, reached_the_worker
+from test_groups import CHECK, NOW_US, admit, envelope, log_records, outcomes, reached_the_worker, sample
 from test_groups import pipeline as pipeline  # the fixture: a pipeline in process, and with one worker
 
 from ironwatch.errors import Forbidden
 from ironwatch.ingest import Pipeline
 from ironwatch.ingest import record as records
-from ironwatch.ingest.decode import decode_group, decode_many
+from ironwatch.ingest.decode import GROUP_MIN_BODIES, decode_group, decode_many
 from ironwatch.ingest.validate import WAL_SCHEMA, check_group, check_many
 from ironwatch.model import Principal, Role, utc_now_us
 
@@ -189,7 +189,10 @@ def test_a_group_of_good_batches_stores_only_the_new_and_allowed_ones(
         (gateway, orjson.dumps(envelope("gw-1", 41))),  # the first again, in the same group
         (gateway, orjson.dumps(envelope("gw-1", 43, n=3))),
     ]
-    assert group_table([body for _, body in items], utc_now_us()) is not None  # the group path takes them
+    # More batches, so that the group is large enough for Arrow's reader.
+    items += [(gateway, orjson.dumps(envelope("gw-2", b, site="hall-b", n=2))) for b in range(50, 80)]
+    bodies = [body for _, body in items]
+    assert len(bodies) >= GROUP_MIN_BODIES and group_table(bodies, utc_now_us()) is not None
     answers = admit(pipeline, items, transport="mqtt")
 
     assert isinstance(answers[3], Forbidden) and answers[3].details.get("field") == "site", answers[3]
@@ -200,6 +203,7 @@ def test_a_group_of_good_batches_stores_only_the_new_and_allowed_ones(
         2: (25, 0, False),
         4: (0, 0, True),
         5: (3, 0, False),
+        **{i: (2, 0, False) for i in range(6, len(items))},
     }
     (rec,) = log_records(wal)[before:]
     assert rec.transport == "mqtt"
@@ -207,12 +211,16 @@ def test_a_group_of_good_batches_stores_only_the_new_and_allowed_ones(
         records.Part("gw-1", "hall-a", 41, 10),
         records.Part("gw-2", "hall-b", 41, 25),
         records.Part("gw-1", "hall-a", 43, 3),
+        *[records.Part("gw-2", "hall-b", b, 2) for b in range(50, 80)],
     ]
     assert [t["value"].to_pylist() for _, t in rec.batches()] == [
         [41000.0 + i for i in range(10)],
         [41000.0 + i for i in range(25)],
         [43000.0 + i for i in range(3)],
+        *[[b * 1000.0, b * 1000.0 + 1] for b in range(50, 80)],
     ]
     assert rec.quarantine.num_rows == 0
-    assert reached_the_worker(pipeline, groups=1)  # the group of six; the first call was too small
+    assert reached_the_worker(pipeline, groups=1)  # the large group; the first call was too small
+    if not pipeline.settings.ingest.workers:  # in process: the group path wrote it
+        assert sample(pipeline.metrics, "ironwatch_ingest_arrow_groups_total", transport="mqtt") == 1
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -305,6 +305,10 @@ _GROUP_SCHEMA = pa.schema(
 )
 # Fields the typed decoders do not use either (``sent_at``, anything unknown) are skipped.
 _GROUP_PARSE = pa_json.ParseOptions(explicit_schema=_GROUP_SCHEMA, unexpected_field_behavior="ignore")
+#: Fewest envelopes worth :func:`decode_group`: a call of Arrow's JSON reader costs 150-400 us before
+#: it reads anything, which only a large group pays back (an HTTP request of 1000 readings decodes in
+#: ~270 us with msgspec, ~750 us with Arrow; 512 MQTT messages of 100 readings in 19 ms against 15 ms).
+GROUP_MIN_BODIES = 32
 
 
 @dataclasses.dataclass(frozen=True)

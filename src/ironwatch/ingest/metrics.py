@@ -48,6 +48,14 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.arrow_groups = Counter(
+            "ironwatch_ingest_arrow_groups",
+            "Groups of batches decoded in the server all at once by Arrow's JSON reader (large groups "
+            "of well-formed envelopes, every reading good), by transport; the others are decoded "
+            "envelope by envelope",
+            ["transport"],
+            registry=r,
+        )
         self.group_batches = Histogram(
             "ironwatch_ingest_group_batches",
             "Batches handed to the pipeline together (a burst of MQTT messages, HTTP requests read "

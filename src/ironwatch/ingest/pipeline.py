@@ -30,7 +30,7 @@ from ironwatch import lake, live
 from ironwatch.config import Settings
 from ironwatch.errors import Conflict, Forbidden, IronwatchError, Unavailable
 from ironwatch.ingest import record as records
-from ironwatch.ingest.decode import Decoded, Group, decode_group, decode_many
+from ironwatch.ingest.decode import GROUP_MIN_BODIES, Decoded, Group, decode_group, decode_many
 from ironwatch.ingest.flusher import Flusher, InProcessWriter, SegmentWriter, load_checkpoint
 from ironwatch.ingest.health import Tracker
 from ironwatch.ingest.lakewriter import ProcessWriter
@@ -552,11 +552,12 @@ class Pipeline:
         """Decode and check one tenant's batches in this process, and write the new ones."""
         bodies = [call.items[i][1] for i in indexes]
         max_readings = int(self.settings.ingest.max_readings)
-        group = decode_group(bodies, max_readings=max_readings)
+        group = decode_group(bodies, max_readings=max_readings) if len(bodies) >= GROUP_MIN_BODIES else None
         if group is not None:
             now = utc_now_us()
             good = check_group(group, now_us=now, max_future_s=float(self.settings.ingest.max_future_s))
             if good is not None:
+                self.metrics.arrow_groups.labels(call.transport).inc()
                 self._admit_group(tenant, indexes, group, good, now, call)
                 return
         decoded_all = decode_many(bodies, max_readings=max_readings)

@@ -42,7 +42,7 @@ import orjson
 
 from ironwatch.ingest import child
 from ironwatch.ingest import record as records
-from ironwatch.ingest.decode import decode_group, decode_many
+from ironwatch.ingest.decode import GROUP_MIN_BODIES, decode_group, decode_many
 from ironwatch.ingest.validate import check_group, check_many
 from ironwatch.model import QUARANTINE_SCHEMA, empty_table
 
@@ -96,7 +96,9 @@ class Prepared:
 
 def prepare(tenant: str, transport: str, bodies: list[bytes], *, now_us: int, limits: Limits) -> Prepared:
     """Decode and check one tenant's envelopes; the pure step a worker runs."""
-    group = decode_group(bodies, max_readings=limits.max_readings)
+    group = (
+        decode_group(bodies, max_readings=limits.max_readings) if len(bodies) >= GROUP_MIN_BODIES else None
+    )
     good = None if group is None else check_group(group, now_us=now_us, max_future_s=limits.max_future_s)
     if group is not None and good is not None:  # every reading good: checked in one pass
         whose = list(zip(group.gateway, group.site, group.batch, group.counts.tolist(), strict=True))
