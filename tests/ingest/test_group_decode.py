@@ -22,7 +22,7 @@ from ironwatch.errors import Forbidden
 from ironwatch.ingest import Pipeline
 from ironwatch.ingest import record as records
 from ironwatch.ingest.decode import GROUP_MIN_BODIES, decode_group, decode_many
-from ironwatch.ingest.validate import WAL_SCHEMA, check_group, check_many
+from ironwatch.ingest.validate import WAL_SCHEMA, check_group, check_many, good_group
 from ironwatch.model import Principal, Role, utc_now_us
 
 NOW_MS = NOW_US // 1000
@@ -166,6 +166,16 @@ def test_a_group_of_both_forms_steps_aside() -> None:
     assert group_table([good(1), good(2, form="readings")]) is None
     assert group_table([good(1), good(2)]) is not None
     assert group_table([good(1, form="readings"), good(2, form="readings")]) is not None
+
+
+def test_only_a_large_group_is_worth_arrows_reader() -> None:
+    bodies = [good(b) for b in range(GROUP_MIN_BODIES)]
+    limits = {"now_us": NOW_US, "max_future_s": CHECK["max_future_s"], "max_readings": MAX}
+    taken = good_group(bodies, **limits)
+    assert taken is not None and taken[0].batch == list(range(GROUP_MIN_BODIES))
+    assert taken[1].num_rows == 10 * GROUP_MIN_BODIES
+    assert good_group(bodies[1:], **limits) is None  # one fewer: each envelope through msgspec
+    assert good_group([*bodies[1:], good(99, form="text")], **limits) is None
 
 
 def test_a_group_of_good_batches_stores_only_the_new_and_allowed_ones(

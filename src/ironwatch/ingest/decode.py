@@ -2,9 +2,10 @@
 
 Three paths, tried in turn:
 
-- :func:`decode_group`: the envelopes of a group (one HTTP request, or the MQTT messages that
-  arrived together) in one call of Arrow's JSON reader, when every one of them is plainly well
-  formed. No Python object per reading or per envelope, and the GIL is released while Arrow parses.
+- :func:`decode_group`: the envelopes of a large group (MQTT messages that arrived together, or
+  many HTTP requests read in one turn of the event loop) in one call of Arrow's JSON reader, when
+  every one of them is plainly well formed. No Python object per reading or per envelope, and the
+  GIL is released while Arrow parses.
 - :func:`decode_many` / :func:`decode`: each envelope through typed msgspec decoders, its lists then
   converted to Arrow columns once for the group (numbers through numpy).
 - a generic path that walks the readings one by one, only for bad input (wrong types, mixed

@@ -30,13 +30,13 @@ from ironwatch import lake, live
 from ironwatch.config import Settings
 from ironwatch.errors import Conflict, Forbidden, IronwatchError, Unavailable
 from ironwatch.ingest import record as records
-from ironwatch.ingest.decode import GROUP_MIN_BODIES, Decoded, Group, decode_group, decode_many
+from ironwatch.ingest.decode import Decoded, Group, decode_many
 from ironwatch.ingest.flusher import Flusher, InProcessWriter, SegmentWriter, load_checkpoint
 from ironwatch.ingest.health import Tracker
 from ironwatch.ingest.lakewriter import ProcessWriter
 from ironwatch.ingest.ledger import Key, Ledger
 from ironwatch.ingest.metrics import Metrics
-from ironwatch.ingest.validate import WAL_SCHEMA, check_group, check_many, whole_message
+from ironwatch.ingest.validate import NO_QUARANTINE, WAL_SCHEMA, check_many, good_group, whole_message
 from ironwatch.ingest.wal import Log, Segment, frame, read_records, segment_seq, write_durably
 from ironwatch.ingest.workers import Head, Limits, Prepared, WorkerPool
 from ironwatch.model import QUARANTINE_SCHEMA, Principal, Role, empty_table, utc_now_us
@@ -55,9 +55,6 @@ WORKER_MIN_GROUP = 4
 #: large requests is not one huge log record.
 HTTP_GROUP_MAX_BATCHES = 512
 HTTP_GROUP_MAX_BYTES = 4 << 20
-
-#: The quarantined rows of a record whose readings are all good.
-_NO_QUARANTINE = empty_table(QUARANTINE_SCHEMA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -552,14 +549,13 @@ class Pipeline:
         """Decode and check one tenant's batches in this process, and write the new ones."""
         bodies = [call.items[i][1] for i in indexes]
         max_readings = int(self.settings.ingest.max_readings)
-        group = decode_group(bodies, max_readings=max_readings) if len(bodies) >= GROUP_MIN_BODIES else None
-        if group is not None:
-            now = utc_now_us()
-            good = check_group(group, now_us=now, max_future_s=float(self.settings.ingest.max_future_s))
-            if good is not None:
-                self.metrics.arrow_groups.labels(call.transport).inc()
-                self._admit_group(tenant, indexes, group, good, now, call)
-                return
+        now = utc_now_us()
+        max_future_s = float(self.settings.ingest.max_future_s)
+        taken = good_group(bodies, now_us=now, max_future_s=max_future_s, max_readings=max_readings)
+        if taken is not None:
+            self.metrics.arrow_groups.labels(call.transport).inc()
+            self._admit_group(tenant, indexes, *taken, now, call)
+            return
         decoded_all = decode_many(bodies, max_readings=max_readings)
         fresh: list[tuple[int, Key, Decoded]] = []
         try:
@@ -603,7 +599,7 @@ class Pipeline:
                 records.Part(group.gateway[n], group.site[n], group.batch[n], int(counts[n]))
                 for n in np.flatnonzero(keep)
             ]
-            rec = records.Record(tenant, call.transport, now, parts, good, _NO_QUARANTINE)
+            rec = records.Record(tenant, call.transport, now, parts, good, NO_QUARANTINE)
             payload = records.encode(rec)
         except BaseException as exc:
             self._fail(fresh, exc, call)

@@ -13,12 +13,14 @@ import pyarrow.compute as pc
 from ironwatch.ingest.decode import (
     _EPOCH,
     _MICROSECOND,
+    GROUP_MIN_BODIES,
     TS_NO_OFFSET,
     TS_OFFSET,
     TS_OUT_OF_RANGE,
     TS_UNPARSEABLE,
     Decoded,
     Group,
+    decode_group,
 )
 from ironwatch.model import (
     EARLIEST_TS_US,
@@ -34,7 +36,8 @@ from ironwatch.model import (
 WAL_SCHEMA = pa.schema(
     [("ts", pa.int64()), ("sensor", pa.string()), ("metric", pa.string()), ("value", pa.float64())]
 )
-_EMPTY_QUARANTINE = empty_table(QUARANTINE_SCHEMA)
+#: The quarantined rows of readings that are all good (tables are immutable: one serves all).
+NO_QUARANTINE = empty_table(QUARANTINE_SCHEMA)
 
 
 @dataclasses.dataclass
@@ -116,7 +119,7 @@ def check(
     """Split readings into good ones and quarantined ones, each with a reason naming the field."""
     fast = _all_good(decoded, now_us, max_future_s)
     if fast is not None:
-        return Checked(fast, _EMPTY_QUARANTINE, [])
+        return Checked(fast, NO_QUARANTINE, [])
     n = decoded.count
     reason = decoded.problem if decoded.problem is not None else pa.nulls(n, pa.string())
     field = decoded.problem_field if decoded.problem_field is not None else pa.nulls(n, pa.string())
@@ -201,7 +204,7 @@ class CheckedGroup:
     def quarantine(self) -> pa.Table:
         bad = [c.quarantine for c in self.items if c.quarantine.num_rows]
         if not bad:
-            return _EMPTY_QUARANTINE
+            return NO_QUARANTINE
         return bad[0] if len(bad) == 1 else pa.concat_tables(bad)
 
 
@@ -236,7 +239,7 @@ def check_many(
             if good is not None:
                 items, offset = [], 0
                 for d in batches:
-                    items.append(Checked(good.slice(offset, d.count), _EMPTY_QUARANTINE, []))
+                    items.append(Checked(good.slice(offset, d.count), NO_QUARANTINE, []))
                     offset += d.count
                 return CheckedGroup(items, good)
     items = [
@@ -260,6 +263,21 @@ def check_group(group: Group, *, now_us: int, max_future_s: float) -> pa.Table |
     (then each envelope is checked on its own, to find which readings are wrong and why)."""
     joined = Decoded("", "", 0, None, group.ts, group.sensor, group.metric, group.value)
     return _all_good(joined, now_us, max_future_s)
+
+
+def good_group(
+    bodies: list[bytes], *, now_us: int, max_future_s: float, max_readings: int
+) -> tuple[Group, pa.Table] | None:
+    """A large group of envelopes decoded and checked in one pass: the group and its readings as one
+    log table, when there are at least :data:`GROUP_MIN_BODIES` of them, all plainly well formed,
+    with every reading good; else ``None`` (the caller decodes and checks them one by one)."""
+    if len(bodies) < GROUP_MIN_BODIES:
+        return None
+    group = decode_group(bodies, max_readings=max_readings)
+    if group is None:
+        return None
+    good = check_group(group, now_us=now_us, max_future_s=max_future_s)
+    return None if good is None else (group, good)
 
 
 def whole_message(

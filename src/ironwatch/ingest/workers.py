@@ -42,9 +42,8 @@ import orjson
 
 from ironwatch.ingest import child
 from ironwatch.ingest import record as records
-from ironwatch.ingest.decode import GROUP_MIN_BODIES, decode_group, decode_many
-from ironwatch.ingest.validate import check_group, check_many
-from ironwatch.model import QUARANTINE_SCHEMA, empty_table
+from ironwatch.ingest.decode import decode_many
+from ironwatch.ingest.validate import NO_QUARANTINE, check_many, good_group
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +95,15 @@ class Prepared:
 
 def prepare(tenant: str, transport: str, bodies: list[bytes], *, now_us: int, limits: Limits) -> Prepared:
     """Decode and check one tenant's envelopes; the pure step a worker runs."""
-    group = (
-        decode_group(bodies, max_readings=limits.max_readings) if len(bodies) >= GROUP_MIN_BODIES else None
+    taken = good_group(
+        bodies, now_us=now_us, max_future_s=limits.max_future_s, max_readings=limits.max_readings
     )
-    good = None if group is None else check_group(group, now_us=now_us, max_future_s=limits.max_future_s)
-    if group is not None and good is not None:  # every reading good: checked in one pass
+    if taken is not None:  # every reading good: checked in one pass
+        group, good = taken
         whose = list(zip(group.gateway, group.site, group.batch, group.counts.tolist(), strict=True))
         heads: list[Head | None] = [Head(g, s, b, n, 0, []) for g, s, b, n in whose]
         parts = [records.Part(g, s, b, n) for g, s, b, n in whose]
-        rec = records.Record(tenant, transport, now_us, parts, good, empty_table(QUARANTINE_SCHEMA))
+        rec = records.Record(tenant, transport, now_us, parts, good, NO_QUARANTINE)
         return Prepared(heads, records.encode(rec))
     decoded = decode_many(bodies, max_readings=limits.max_readings)
     usable = [(n, d) for n, d in enumerate(decoded) if not isinstance(d, Exception)]
