@@ -68,6 +68,16 @@ def empty_table(schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches([], schema=schema)
 
 
+def warm_up_arrow() -> None:
+    """Load now what pyarrow loads on its first conversion of an array.
+
+    ``pa.array`` imports pandas, when it is installed, the first time it is called: ~0.2-0.5 s of
+    CPU with the interpreter's lock held. Ingest converts arrays for every batch, so a process that
+    does not do this while it starts pays it on its first batch or segment, under load.
+    """
+    pa.array(np.zeros(1))
+
+
 def gateway_topic(tenant: str, site: str, gateway: str, kind: str) -> str:
     """The MQTT topic of one gateway (ARCHITECTURE.md): ``ironwatch/{tenant}/{site}/{gateway}/{kind}``,
     where ``kind`` is ``readings`` or ``heartbeat`` (the gateway publishes) or ``answer`` (the

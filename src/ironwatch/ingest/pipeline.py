@@ -39,7 +39,7 @@ from ironwatch.ingest.metrics import Metrics
 from ironwatch.ingest.validate import NO_QUARANTINE, WAL_SCHEMA, check_many, good_group, whole_message
 from ironwatch.ingest.wal import Log, Segment, frame, read_records, segment_seq, write_durably
 from ironwatch.ingest.workers import Head, Limits, Prepared, WorkerPool
-from ironwatch.model import QUARANTINE_SCHEMA, Principal, Role, empty_table, utc_now_us
+from ironwatch.model import QUARANTINE_SCHEMA, Principal, Role, empty_table, utc_now_us, warm_up_arrow
 from ironwatch.store import Store
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,7 @@ class Pipeline:
 
     def start(self) -> None:
         """Recover what the log holds, then open it for new batches."""
+        warm_up_arrow()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         checkpoint = load_checkpoint(self.state_dir)

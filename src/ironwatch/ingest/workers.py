@@ -44,13 +44,14 @@ from ironwatch.ingest import child
 from ironwatch.ingest import record as records
 from ironwatch.ingest.decode import decode_many
 from ironwatch.ingest.validate import NO_QUARANTINE, check_many, good_group
+from ironwatch.model import warm_up_arrow
 
 log = logging.getLogger(__name__)
 
 _CHILD = "from ironwatch.ingest.workers import main; main()"
 #: How long a group waits for an idle worker before the server decodes it itself.
 IDLE_WAIT_S = 1.0
-#: How long a worker may take to answer (a group of 512 KiB takes milliseconds) before it is replaced.
+#: How long a worker may take to answer (a group of 2 MiB takes milliseconds) before it is replaced.
 ANSWER_TIMEOUT_S = 30.0
 #: An answer announcing more than this is nonsense (a group is at most a few MiB).
 MAX_ANSWER_BYTES = 256 << 20
@@ -158,6 +159,7 @@ def _serve(requests: IO[bytes], answers: IO[bytes], limits: Limits) -> None:
 def main() -> None:
     """A worker process's entry point; its one argument is its :class:`Limits` as JSON."""
     child.setup()
+    warm_up_arrow()
     limits = Limits(**orjson.loads(sys.argv[1]))
     with contextlib.suppress(BrokenPipeError):  # the server went away while we answered
         _serve(sys.stdin.buffer, sys.stdout.buffer, limits)
