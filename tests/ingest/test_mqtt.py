@@ -6,7 +6,10 @@ the Parquet files the server wrote.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import select
+import socket
 import sys
 import time
 import uuid
@@ -23,8 +26,8 @@ from conftest import Broker, Lab, Server, Tenant, wait_until
 from ironwatch import config
 from ironwatch.errors import ConfigError, MissingDependency
 from ironwatch.ingest import Metrics, Pipeline
+from ironwatch.ingest.mqtt import READ_AHEAD_BYTES, Subscriber, _Acks, _ReadAhead, topic_filters
 from ironwatch.ingest.mqtt import Broker as BrokerAddress
-from ironwatch.ingest.mqtt import Subscriber, _Acks, topic_filters
 from ironwatch.store import Store
 
 READINGS_PER_BATCH = 10
@@ -391,6 +394,51 @@ def test_acks_settled_together_leave_in_one_send() -> None:
     acks.settle_many([(fourth, True), (first, True), (None, True)])  # None: a QoS 0 message
     assert sent == [[1, 2, 4]]
     assert acks.wait_idle(0)
+
+
+def test_read_ahead_serves_small_reads_from_one_large_one() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        sock = _ReadAhead(ours)
+        assert sock.fileno() == ours.fileno()  # everything but reading is the socket's own
+        theirs.sendall(b"\x30\x05hello" + b"\x40\x02\x00\x01")
+        wait_until(lambda: select.select([ours], [], [], 0)[0], 5, what="the bytes to arrive")
+        assert sock.recv(1) == b"\x30"  # one read of the socket takes everything waiting
+        assert sock.pending() == 10
+        assert select.select([ours], [], [], 0)[0] == []  # so paho must ask pending(), not select
+        assert [sock.recv(1), sock.recv(5), sock.recv(100)] == [b"\x05", b"hello", b"\x40\x02\x00\x01"]
+        assert sock.pending() == 0
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)
+        big = bytes(range(256)) * (READ_AHEAD_BYTES // 128)  # more than one read takes
+        theirs.setblocking(False)
+        sent = theirs.send(big)
+        got = b""
+        while len(got) < sent:
+            with contextlib.suppress(BlockingIOError):
+                got += sock.recv(3000)
+        assert got == big[:sent]
+        theirs.close()
+        wait_until(lambda: select.select([ours], [], [], 0)[0], 5, what="the end of the stream")
+        assert sock.recv(1) == b""  # the end of the stream, as paho expects it
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_subscriber_reads_its_socket_ahead(lab: Lab, broker: Broker) -> None:
+    """paho builds its socket in a private method; if a new paho renames it, this test says so."""
+    settings = config.load({"server.data_dir": str(lab.data_dir), "mqtt.url": broker.url}, env={})
+    store = Store(settings.store_url)
+    subscriber = Subscriber(settings, Pipeline(settings, store, Metrics()))
+    try:
+        subscriber.start()
+        wait_until(lambda: subscriber.is_connected, 10, what="the subscriber to connect")
+        assert isinstance(subscriber._client.socket(), _ReadAhead)  # type: ignore[union-attr]
+    finally:
+        subscriber.stop()
+        store.close()
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import math
 import socket
@@ -78,15 +79,20 @@ RECEIVE_MAXIMUM = 1000
 KEEPALIVE_S = 30
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
+#: Most bytes read from the broker's socket at once (see :class:`_ReadAhead`).
+READ_AHEAD_BYTES = 256 << 10
+#: Most packets read from that buffer in one turn of paho's loop.
+READ_AHEAD_PACKETS = 64
 #: How long ``stop`` waits for the acknowledgements of messages already being written.
 STOP_DRAIN_S = 10.0
 #: How soon after a message was left unacknowledged the subscriber reconnects to have it sent again;
 #: the wait doubles, up to REDELIVER_MAX_S, while messages keep being left.
 REDELIVER_MIN_S = 2.0
 REDELIVER_MAX_S = 60.0
-#: Most messages, and most payload bytes, admitted together as one group.
+#: Most messages, and most payload bytes, admitted together as one group. Arrow's JSON reader costs
+#: 150-400 us a call before it reads anything: a group of 2 MiB pays that for 250 messages of 8 KB.
 GROUP_MAX_MESSAGES = 512
-GROUP_MAX_BYTES = 512 << 10
+GROUP_MAX_BYTES = 2048 << 10
 #: Most payload bytes waiting for the admitting thread. Past it the network thread waits, so the
 #: broker's messages wait in the socket and at the broker (which does not always keep to the
 #: receive maximum), not in the server's memory.
@@ -274,12 +280,71 @@ class _GroupAnswers:
         return ready
 
 
+class _ReadAhead:
+    """A connected socket that paho reads in large chunks instead of a few bytes at a time.
+
+    paho reads a packet with one ``recv`` for its type, one per byte of its length and one for the
+    rest, after a ``select`` for each packet: five system calls per message. This reads up to
+    :data:`READ_AHEAD_BYTES` at once and serves paho's small reads from that; ``pending`` tells
+    paho's loop that bytes are waiting (as an SSL socket does), so it does not wait in ``select``,
+    and the client (:func:`_client_class`) reads every buffered packet in one turn of the loop.
+    Everything else is the socket's own. Draining a queue of 4.6 KB messages costs paho 25 us per
+    message instead of 37.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(max(size, READ_AHEAD_BYTES))
+            if len(data) <= size:
+                return data
+            self._buf, self._pos = data, 0
+        start = self._pos
+        self._pos = end = min(start + size, len(self._buf))
+        return self._buf[start:end]
+
+    def pending(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 def _paho() -> Any:
     try:
         import paho.mqtt.client as mqtt
     except ImportError as exc:
         raise MissingDependency("paho-mqtt", "mqtt") from exc
     return mqtt
+
+
+@functools.cache
+def _client_class() -> Any:
+    """paho's client, reading its socket through :class:`_ReadAhead`."""
+    mqtt = _paho()
+
+    class ReadAheadClient(mqtt.Client):  # type: ignore[misc,name-defined]
+        def _create_socket(self) -> Any:
+            sock = super()._create_socket()
+            # Only a plain TCP socket: an SSL socket buffers by itself and tells paho so.
+            return _ReadAhead(sock) if type(sock) is socket.socket else sock
+
+        def loop_read(self, max_packets: int = 1) -> Any:
+            # paho reads one packet per turn of its loop, each after a select(); read on while
+            # whole packets are already buffered (a bounded number, so acks and pings still go).
+            rc = super().loop_read(max_packets)
+            for _ in range(READ_AHEAD_PACKETS):
+                sock = self.socket()
+                if rc or not isinstance(sock, _ReadAhead) or not sock.pending():
+                    break
+                rc = super().loop_read(max_packets)
+            return rc
+
+    return ReadAheadClient
 
 
 class Subscriber:
@@ -326,7 +391,7 @@ class Subscriber:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        client = mqtt.Client(
+        client = _client_class()(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=str(self._settings.mqtt.client_id),
             protocol=mqtt.MQTTv5,
