@@ -338,6 +338,10 @@ def test_health_survives_graceful_and_kill_9_restarts(lab: Lab) -> None:
         "IRONWATCH_LAKE__FLUSH_INTERVAL_S": "60",  # batches stay in the write-ahead log
         "IRONWATCH_HEALTH__PERSIST_INTERVAL_S": "0.3",
         "IRONWATCH_HEALTH__HEARTBEAT_INTERVAL_S": "30",
+        # A sensor's rate is measured once a bucket of the rate window (60 s) has passed since its
+        # first reading; at the default declared rate the few readings here would then make it
+        # stale, and its status would depend on when the restarts happen to cross a bucket boundary.
+        "IRONWATCH_HEALTH__DEFAULT_RATE_PER_MIN": "0.01",
     }
     server = lab.server(**env)
     viewer = acme.keys["viewer"]
